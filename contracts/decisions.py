@@ -1,0 +1,92 @@
+"""The decision record auditors read back, and the rollback API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from contracts.features import FeatureValue, Lineage
+from contracts.scoring import ModelRef, ScoreRequest
+
+DeliveryStatus = Literal["pending", "delivered", "dead_lettered"]
+
+
+class Subject(msgspec.Struct, frozen=True, kw_only=True):
+    """The entity a decision is about (``customer`` keyed by ``customer_id`` = ``c-1``)."""
+
+    entity: str
+    key: str
+    id: str
+
+
+class StageTimings(msgspec.Struct, frozen=True, kw_only=True):
+    """Wall time spent per stage of ``/score``, in milliseconds."""
+
+    online_store_ms: float
+    sources_ms: float
+    model_ms: float
+    total_ms: float
+
+
+class WritebackState(msgspec.Struct, frozen=True, kw_only=True):
+    """Where one outcome event of a decision stands on its way to Kafka."""
+
+    event_id: str
+    type: str
+    status: DeliveryStatus
+    attempts: int
+    topic: str
+    created_at: datetime
+    partition: int | None = None
+    offset: int | None = None
+    delivered_at: datetime | None = None
+    last_error: str | None = None
+
+
+class RollbackRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``POST /decisions/{id}/rollback``."""
+
+    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=2000)]
+
+
+class RollbackState(msgspec.Struct, frozen=True, kw_only=True):
+    """Who rolled a decision back, when and why, and the compensating event's id."""
+
+    decision_id: str
+    reason: str
+    rolled_back_by: str
+    rolled_back_at: datetime
+    event_id: str
+
+
+class DecisionRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything a decision saw and produced, as committed before the answer.
+
+    The context fields never change after the commit; ``status``, ``writeback`` and
+    ``rollback`` are read from their own rows when the record is served.
+    """
+
+    decision_id: str
+    request_id: str
+    caller: str
+    model: ModelRef
+    model_endpoint: str
+    registry_digest: str
+    subject: Subject
+    request: ScoreRequest
+    outputs: dict[str, Any]
+    decision: str | None
+    decision_rule: str | None
+    degraded: bool
+    features: dict[str, FeatureValue]
+    lineage: dict[str, Lineage]
+    problems: dict[str, str] = msgspec.field(default_factory=dict)
+    received_at: datetime
+    decided_at: datetime
+    timings: StageTimings
+    status: Literal["made", "rolled_back"] = "made"
+    committed_at: datetime | None = None
+    writeback: list[WritebackState] = msgspec.field(default_factory=list)
+    rollback: RollbackState | None = None

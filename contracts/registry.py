@@ -1,0 +1,154 @@
+"""The registry file: entities, source APIs, features and models.
+
+The file is TOML; it decodes into these Structs at start-up, and the same shape is
+served at ``GET /registry``. Cross-references (a feature's source, a model's
+features) are checked by the gateway when it loads the file.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+
+from contracts.features import FeatureScalar
+
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_]*$")]
+Millis = Annotated[int, msgspec.Meta(gt=0, le=600_000)]
+
+DType = Literal["int64", "float64", "bool", "string"]
+Policy = Literal["serve_stale", "default", "fail"]
+Classification = Literal["public", "internal", "pii"]
+
+
+class _Spec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Base for registry entries: unknown keys in the file are errors, not ignored."""
+
+
+class Entity(_Spec):
+    """Something decisions and features are about, and the key that names one."""
+
+    name: Name
+    key: Name
+    description: str = ""
+
+
+class RetryPolicy(_Spec):
+    """Attempts per call and the exponential backoff between them."""
+
+    attempts: Annotated[int, msgspec.Meta(ge=1, le=10)] = 2
+    backoff_ms: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 20
+    max_backoff_ms: Annotated[int, msgspec.Meta(ge=0, le=60_000)] = 200
+
+
+class BreakerPolicy(_Spec):
+    """Circuit breaker thresholds: consecutive failures to open, time before a probe."""
+
+    fail_max: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 5
+    reset_timeout_ms: Annotated[int, msgspec.Meta(ge=1, le=3_600_000)] = 10_000
+    success_threshold: Annotated[int, msgspec.Meta(ge=1, le=100)] = 1
+
+
+class Source(_Spec):
+    """A source API that features fall back to when the online store cannot serve them.
+
+    A call is ``GET {url}{feature.path}`` with the entity key substituted; the answer
+    is a JSON object holding the features' fields, the upstream record's event time
+    (``event_time_field``) and, optionally, its id (``ref_field``).
+    """
+
+    name: Name
+    url: Annotated[str, msgspec.Meta(pattern=r"^https?://")]
+    owner: str
+    timeout_ms: Millis = 200
+    compliance: Classification = "internal"
+    event_time_field: str = "event_time"
+    ref_field: str | None = None
+    max_concurrency: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 64
+    retry: RetryPolicy = msgspec.field(default_factory=RetryPolicy)
+    breaker: BreakerPolicy = msgspec.field(default_factory=BreakerPolicy)
+
+
+class Feature(_Spec):
+    """A feature: its entity, type, freshness SLA, fallback source and failure policy."""
+
+    name: Name
+    entity: Name
+    dtype: DType
+    max_staleness_ms: Annotated[int, msgspec.Meta(ge=0)]
+    source: Name | None = None
+    path: Annotated[str, msgspec.Meta(pattern=r"^/")] | None = None
+    field: str | None = None
+    on_unavailable: Policy = "fail"
+    default: FeatureScalar | None = None
+    classification: Classification = "internal"
+    owner: str = ""
+    schema_version: Annotated[int, msgspec.Meta(ge=0)] = 1
+    description: str = ""
+
+
+class ContextFeature(_Spec):
+    """A request-time feature the caller sends in ``context``."""
+
+    name: Name
+    dtype: DType
+    classification: Classification = "internal"
+
+
+class ModelInput(_Spec):
+    """How the feature vector is laid out in the inference request.
+
+    ``tensor``: one input named ``name`` of shape ``[1, n]`` in the model's feature
+    order (scikit-learn style servers); ``columns``: one input per feature, named
+    after it, of shape ``[1]`` (Triton-style models with named inputs).
+    """
+
+    layout: Literal["tensor", "columns"] = "tensor"
+    name: str = "input-0"
+    datatype: Literal["FP64", "FP32"] = "FP64"
+
+
+class DecisionRule(_Spec):
+    """Label a decision ``label`` when the policy output is at least ``min``."""
+
+    label: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    min: float
+
+
+class DecisionPolicy(_Spec):
+    """Turn one model output into a label: the first rule whose ``min`` it reaches."""
+
+    output: str
+    rules: Annotated[list[DecisionRule], msgspec.Meta(min_length=1)]
+    version: str = "1"
+
+
+class Model(_Spec):
+    """A model served over the Open Inference Protocol v2 and its feature vector.
+
+    ``timeout_ms`` bounds one inference call; ``deadline_ms`` is the default budget of
+    a whole ``/score`` request for this model (callers may lower it per request).
+    """
+
+    name: Name
+    version: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    subject: Name
+    endpoint: Annotated[str, msgspec.Meta(pattern=r"^https?://")]
+    features: Annotated[list[Name], msgspec.Meta(min_length=1)]
+    context: list[ContextFeature] = msgspec.field(default_factory=list)
+    timeout_ms: Millis = 300
+    deadline_ms: Millis = 1000
+    owner: str = ""
+    input: ModelInput = msgspec.field(default_factory=ModelInput)
+    decision: DecisionPolicy | None = None
+    retry: RetryPolicy = msgspec.field(default_factory=lambda: RetryPolicy(attempts=2))
+    breaker: BreakerPolicy = msgspec.field(default_factory=BreakerPolicy)
+
+
+class RegistryFile(_Spec):
+    """The whole registry file."""
+
+    entities: Annotated[list[Entity], msgspec.Meta(min_length=1)]
+    sources: list[Source] = msgspec.field(default_factory=list)
+    features: list[Feature] = msgspec.field(default_factory=list)
+    models: list[Model] = msgspec.field(default_factory=list)

@@ -1,0 +1,1 @@
+"""The online path of scoregate: ``/score``, features, model calls, decisions, health."""

@@ -1,0 +1,303 @@
+"""The Litestar application: one :class:`Gateway` plugin owns every connection.
+
+The plugin opens Redis, PostgreSQL, HTTP sessions and the outbox relay in the app's
+lifespan, provides itself to handlers as the ``gateway`` dependency, and closes
+everything on shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+import aiohttp
+import msgspec
+from litestar import Litestar, Request, Response, get, post
+from litestar.config.app import AppConfig
+from litestar.di import Provide
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi import OpenAPIConfig
+from litestar.params import Parameter
+from litestar.plugins import InitPluginProtocol
+
+from contracts.decisions import DecisionRecord, RollbackRequest, RollbackState
+from contracts.features import PushRequest, PushResponse
+from contracts.registry import RegistryFile
+from contracts.scoring import ErrorBody, ScoreRequest, ScoreResponse
+from gateway.errors import GatewayError, NotFound, Unavailable
+from gateway.features.assembler import FeatureAssembler
+from gateway.features.online_store import OnlineStore
+from gateway.features.push import FeaturePusher
+from gateway.features.sources import SourceClient
+from gateway.model_client import ModelClient
+from gateway.registry import Registry, load_registry
+from gateway.scoring import Scorer
+from gateway.settings import GatewaySettings
+from writeback.audit_store import AuditStore, AuditUnavailable
+from writeback.kafka import KafkaPublisher
+from writeback.pool import create_pool
+from writeback.relay import OutboxRelay
+
+log = logging.getLogger(__name__)
+
+CallerHeader = Annotated[str, Parameter(header="X-Client-Id", default="anonymous")]
+
+
+class Check(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One dependency's answer to the readiness probe."""
+
+    ok: bool
+    latency_ms: float
+    error: str | None = None
+
+
+class Readiness(msgspec.Struct, frozen=True, kw_only=True):
+    """``/health/ready``: every dependency's check and every breaker's state."""
+
+    ready: bool
+    checks: dict[str, Check]
+    breakers: dict[str, str]
+
+
+class Gateway(InitPluginProtocol):
+    """Every long-lived part of a gateway process, wired from one registry and settings."""
+
+    def __init__(self, settings: GatewaySettings, registry: Registry | None = None) -> None:
+        self.settings = settings
+        self.registry = registry or load_registry(settings.registry_path)
+        self.store = OnlineStore.from_url(settings.redis_url, settings.redis_prefix)
+        self.publisher = KafkaPublisher(settings.writeback)
+        self._session: aiohttp.ClientSession | None = None
+        self._audit: AuditStore | None = None
+        self._relay: OutboxRelay | None = None
+        self._scorer: Scorer | None = None
+        self.sources: dict[str, SourceClient] = {}
+        self.models: dict[str, ModelClient] = {}
+        self.pusher = FeaturePusher(self.registry, self.store)
+        self.assembler: FeatureAssembler | None = None
+
+    @property
+    def audit(self) -> AuditStore:
+        """The audit store (open while the app runs)."""
+        if self._audit is None:
+            raise RuntimeError("the gateway is not started")
+        return self._audit
+
+    @property
+    def scorer(self) -> Scorer:
+        """The scorer (open while the app runs)."""
+        if self._scorer is None:
+            raise RuntimeError("the gateway is not started")
+        return self._scorer
+
+    def on_app_init(self, app_config: AppConfig) -> AppConfig:
+        """Register the gateway as a dependency and its lifespan."""
+        app_config.dependencies["gateway"] = Provide(lambda: self, sync_to_thread=False)
+        app_config.lifespan.append(self.lifespan)
+        return app_config
+
+    @asynccontextmanager
+    async def lifespan(self, _: Litestar) -> AsyncIterator[None]:
+        """Open every connection before serving, close them after."""
+        await self.start()
+        try:
+            yield
+        finally:
+            await self.stop()
+
+    async def start(self) -> None:
+        """Connect to everything the gateway needs."""
+        connector = aiohttp.TCPConnector(limit=256, limit_per_host=128, ttl_dns_cache=300)
+        self._session = aiohttp.ClientSession(
+            connector=connector, timeout=aiohttp.ClientTimeout(total=None)
+        )
+        for name, source in self.registry.sources.items():
+            self.sources[name] = SourceClient(source, self._session)
+        for name, plan in self.registry.plans.items():
+            vector = [(f.name, f.dtype) for f in plan.features]
+            vector += [(c.name, c.dtype) for c in plan.model.context]
+            self.models[name] = ModelClient(plan.model, vector, self._session)
+        self.assembler = FeatureAssembler(self.registry, self.store, self.sources)
+        pool = await create_pool(self.settings.writeback)
+        self._audit = AuditStore(pool, self.settings.writeback)
+        await self._audit.start()
+        self._scorer = Scorer(self.registry, self.assembler, self.models, self._audit)
+        if self.settings.run_relay:
+            self._relay = OutboxRelay(pool, self.publisher, self.settings.writeback)
+            await self._relay.start()
+
+    async def stop(self) -> None:
+        """Close connections; queued audit commits are flushed first."""
+        if self._relay is not None:
+            await self._relay.stop()
+        if self.assembler is not None:
+            await self.assembler.drain()
+        if self._audit is not None:
+            await self._audit.close()
+        await self.publisher.stop()
+        await self.store.close()
+        if self._session is not None:
+            await self._session.close()
+
+    def breakers(self) -> dict[str, str]:
+        """The state of every breaker, by dependency."""
+        states = {self.store.breaker.name: self.store.breaker.state}
+        for client in self.sources.values():
+            states[client.breaker.name] = client.breaker.state
+        for model in self.models.values():
+            states[model.breaker.name] = model.breaker.state
+        return states
+
+    async def readiness(self) -> Readiness:
+        """Ask every dependency at once, each within the health timeout."""
+        timeout = self.settings.health_timeout_s
+        probes: dict[str, Awaitable[Any]] = {
+            "postgres": self.audit.ping(),
+            "redis": self.store.ping(),
+            "kafka": self._kafka_ready(timeout),
+        }
+        for name, model in self.models.items():
+            probes[f"model:{name}"] = self._model_ready(model, timeout)
+        names = list(probes)
+        results = await asyncio.gather(*(_timed(probes[n], timeout) for n in names))
+        checks = dict(zip(names, results, strict=True))
+        return Readiness(
+            ready=all(c.ok for c in checks.values()), checks=checks, breakers=self.breakers()
+        )
+
+    async def _kafka_ready(self, timeout: float) -> None:
+        if not await self.publisher.ready(timeout):
+            raise ConnectionError("broker did not answer")
+
+    @staticmethod
+    async def _model_ready(model: ModelClient, timeout: float) -> None:
+        if not await model.ready(timeout):
+            raise ConnectionError(f"{model.model.endpoint} is not ready")
+
+
+async def _timed(probe: Awaitable[Any], timeout: float) -> Check:
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(timeout):
+            await probe
+    except Exception as exc:  # any failure of a probe is a not-ready answer
+        elapsed = (time.perf_counter() - started) * 1000
+        return Check(ok=False, latency_ms=round(elapsed, 2), error=str(exc) or type(exc).__name__)
+    return Check(ok=True, latency_ms=round((time.perf_counter() - started) * 1000, 2))
+
+
+@post("/score", status_code=200)
+async def score(
+    data: ScoreRequest,
+    gateway: Gateway,
+    caller: CallerHeader,
+    timeout_ms: Annotated[
+        int | None, Parameter(header="X-Request-Timeout-Ms", required=False, gt=0)
+    ] = None,
+) -> ScoreResponse:
+    """Score one subject with one model; the answer is committed to the audit store."""
+    return await gateway.scorer.score(data, caller, timeout_ms)
+
+
+@post("/features/push", status_code=200)
+async def push_features(data: PushRequest, gateway: Gateway) -> PushResponse:
+    """Write feature values of one entity; older event times never overwrite newer."""
+    return await gateway.pusher.push(data)
+
+
+@get("/registry")
+async def registry_file(gateway: Gateway) -> RegistryFile:
+    """The registry: entities, sources, features and models, as loaded."""
+    return gateway.registry.file
+
+
+@get("/decisions/{decision_id:str}")
+async def decision(decision_id: str, gateway: Gateway) -> DecisionRecord:
+    """The whole decision record, with write-back and rollback state."""
+    try:
+        record = await gateway.audit.get(decision_id)
+    except AuditUnavailable as exc:
+        raise Unavailable("the audit store is unavailable", field="audit") from exc
+    if record is None:
+        raise NotFound(f"no decision {decision_id}", field="decision_id")
+    return record
+
+
+@post("/decisions/{decision_id:str}/rollback", status_code=200)
+async def rollback(
+    decision_id: str, data: RollbackRequest, gateway: Gateway, caller: CallerHeader
+) -> RollbackState:
+    """Roll a decision back; a second rollback answers with the first."""
+    try:
+        result = await gateway.audit.rollback(decision_id, data.reason, caller)
+    except AuditUnavailable as exc:
+        raise Unavailable("the audit store is unavailable", field="audit") from exc
+    if result is None:
+        raise NotFound(f"no decision {decision_id}", field="decision_id")
+    state, _ = result
+    return state
+
+
+@get("/health/live")
+async def live() -> dict[str, str]:
+    """The process is up."""
+    return {"status": "live"}
+
+
+@get("/health/ready")
+async def ready(gateway: Gateway) -> Response[Readiness]:
+    """200 when PostgreSQL, Redis, Kafka and every model server answer; 503 otherwise."""
+    readiness = await gateway.readiness()
+    return Response(readiness, status_code=200 if readiness.ready else 503)
+
+
+def _gateway_error(_: Request[Any, Any, Any], exc: GatewayError) -> Response[ErrorBody]:
+    body = ErrorBody(
+        status_code=exc.status_code, detail=exc.detail, field=exc.field, extra=exc.extra
+    )
+    return Response(body, status_code=exc.status_code, headers=exc.headers)
+
+
+def _validation_error(_: Request[Any, Any, Any], exc: ValidationException) -> Response[ErrorBody]:
+    field = None
+    detail = exc.detail
+    if isinstance(exc.extra, list) and exc.extra and isinstance(exc.extra[0], dict):
+        first = exc.extra[0]
+        message = str(first.get("message", detail))
+        field = _field_of(message) or first.get("key")
+        detail = message
+    body = ErrorBody(status_code=400, detail=detail, field=field)
+    return Response(body, status_code=400)
+
+
+def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorBody]:
+    body = ErrorBody(status_code=exc.status_code, detail=exc.detail)
+    return Response(body, status_code=exc.status_code, headers=exc.headers)
+
+
+def _field_of(message: str) -> str | None:
+    """``data.entities.x`` style field from a msgspec message ending in "- at `$...`"."""
+    _, marker, where = message.rpartition(" - at `$")
+    if not marker:
+        return None
+    return where.rstrip("`").lstrip(".").replace("[", ".").replace("]", "") or None
+
+
+def create_app(settings: GatewaySettings, registry: Registry | None = None) -> Litestar:
+    """The gateway application."""
+    return Litestar(
+        route_handlers=[score, push_features, registry_file, decision, rollback, live, ready],
+        plugins=[Gateway(settings, registry)],
+        exception_handlers={
+            GatewayError: _gateway_error,
+            ValidationException: _validation_error,
+            HTTPException: _http_error,
+        },
+        openapi_config=OpenAPIConfig(title="scoregate", version="1"),
+        signature_types=[Gateway],
+    )
+

@@ -1,0 +1,287 @@
+"""Assembling a model's feature vector, feature by feature, with freshness and lineage.
+
+For every stored feature: the online store first (one round trip for all entities);
+if the value is missing or beyond its freshness SLA, the feature's source API (one
+call per source record, all sources concurrently, inside the request deadline),
+written back to the store; if the source fails, the feature's ``on_unavailable``
+policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from contracts.features import FeatureScalar, FeatureValue, Lineage
+from contracts.registry import Feature
+from gateway.breaker import BreakerOpen
+from gateway.deadline import Deadline
+from gateway.errors import Unavailable
+from gateway.features.online_store import (
+    OnlineStore,
+    StoredValue,
+    StoreUnavailable,
+    lineage_id_for,
+    to_millis,
+)
+from gateway.features.sources import SourceClient, SourceError, SourceRecord
+from gateway.registry import ModelPlan, Registry, coerce
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Assembly:
+    """The assembled features of one request.
+
+    Attributes:
+        values: every feature as served, in vector order (stored, then context).
+        lineage: the full lineage of every value that has one.
+        degraded: true when any value is stale or a default, or the store was down.
+        problems: per feature, why it was not served fresh or from its source.
+        online_store_ms: time spent reading the store.
+        sources_ms: time spent on source calls.
+    """
+
+    values: dict[str, FeatureValue] = field(default_factory=dict)
+    lineage: dict[str, Lineage] = field(default_factory=dict)
+    degraded: bool = False
+    problems: dict[str, str] = field(default_factory=dict)
+    online_store_ms: float = 0.0
+    sources_ms: float = 0.0
+
+
+class FeatureUnavailable(Unavailable):
+    """A feature whose policy is ``fail`` could not be served."""
+
+
+_FetchKey = tuple[str, str, str]
+"""(source name, entity name, request path)."""
+
+
+class FeatureAssembler:
+    """Builds feature vectors from the online store and source APIs."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        store: OnlineStore,
+        sources: Mapping[str, SourceClient],
+    ) -> None:
+        self._registry = registry
+        self._store = store
+        self._sources = sources
+        self._writes: set[asyncio.Task[None]] = set()
+
+    async def assemble(
+        self,
+        plan: ModelPlan,
+        entity_ids: Mapping[str, str],
+        context: Mapping[str, FeatureScalar],
+        deadline: Deadline,
+        now: datetime,
+    ) -> Assembly:
+        """Serve every feature of ``plan`` for the entities named in ``entity_ids``."""
+        assembly = Assembly()
+        now_ms = to_millis(now)
+        stored = await self._read_store(plan, entity_ids, assembly)
+
+        to_fetch: dict[_FetchKey, list[Feature]] = defaultdict(list)
+        for feature in plan.features:
+            current = stored.get(feature.name)
+            if current is not None and now_ms - current.event_time_ms <= feature.max_staleness_ms:
+                self._serve_stored(assembly, feature, current, entity_ids, now_ms, "fresh")
+            elif feature.source is not None and feature.path is not None:
+                entity = self._registry.entities[feature.entity]
+                path = feature.path.replace(f"{{{entity.key}}}", entity_ids[feature.entity])
+                to_fetch[(feature.source, feature.entity, path)].append(feature)
+            else:
+                reason = "not in the online store" if current is None else "stale, no source"
+                self._apply_policy(assembly, feature, current, entity_ids, now_ms, reason)
+
+        if to_fetch:
+            started = time.perf_counter()
+            await self._fetch_all(assembly, to_fetch, stored, entity_ids, deadline, now_ms)
+            assembly.sources_ms = (time.perf_counter() - started) * 1000
+
+        # Serve in vector order whatever order the stages filled them in.
+        values = {f.name: assembly.values[f.name] for f in plan.features}
+        for name, value in context.items():
+            values[name] = FeatureValue(value=value, status="request", source="request")
+        assembly.values = values
+        return assembly
+
+    async def _read_store(
+        self, plan: ModelPlan, entity_ids: Mapping[str, str], assembly: Assembly
+    ) -> dict[str, StoredValue]:
+        by_entity: dict[str, list[str]] = defaultdict(list)
+        for feature in plan.features:
+            by_entity[feature.entity].append(feature.name)
+        reads = [(entity, entity_ids[entity], names) for entity, names in by_entity.items()]
+        started = time.perf_counter()
+        try:
+            rows = await self._store.read(reads)
+        except StoreUnavailable as exc:
+            log.warning("online store unavailable, serving from sources: %s", exc)
+            assembly.degraded = True
+            return {}
+        finally:
+            assembly.online_store_ms = (time.perf_counter() - started) * 1000
+        return {name: value for row in rows for name, value in row.items()}
+
+    async def _fetch_all(
+        self,
+        assembly: Assembly,
+        to_fetch: Mapping[_FetchKey, list[Feature]],
+        stored: Mapping[str, StoredValue],
+        entity_ids: Mapping[str, str],
+        deadline: Deadline,
+        now_ms: int,
+    ) -> None:
+        keys = list(to_fetch)
+        results = await asyncio.gather(
+            *(self._sources[source].fetch(path, deadline) for source, _, path in keys),
+            return_exceptions=True,
+        )
+        for key, result in zip(keys, results, strict=True):
+            features = to_fetch[key]
+            if isinstance(result, SourceRecord):
+                self._serve_fetched(assembly, key, features, result, stored, entity_ids, now_ms)
+                continue
+            reason = _failure_reason(result)
+            for feature in features:
+                current = stored.get(feature.name)
+                self._apply_policy(assembly, feature, current, entity_ids, now_ms, reason)
+
+    def _serve_fetched(
+        self,
+        assembly: Assembly,
+        key: _FetchKey,
+        features: list[Feature],
+        record: SourceRecord,
+        stored: Mapping[str, StoredValue],
+        entity_ids: Mapping[str, str],
+        now_ms: int,
+    ) -> None:
+        source, entity, _ = key
+        entity_id = entity_ids[entity]
+        event_time_ms = to_millis(record.event_time)
+        system = f"source:{source}"
+        fresh_values: dict[str, StoredValue] = {}
+        for feature in features:
+            try:
+                value = coerce(record.body[feature.field or feature.name], feature.dtype)
+            except (KeyError, TypeError) as exc:
+                reason = f"{system} answered without a valid {feature.name}: {exc}"
+                current = stored.get(feature.name)
+                self._apply_policy(assembly, feature, current, entity_ids, now_ms, reason)
+                continue
+            fetched = StoredValue(
+                value=value,
+                event_time_ms=event_time_ms,
+                ingested_at_ms=to_millis(record.fetched_at),
+                lineage_id=lineage_id_for(system, record.ref, event_time_ms),
+                kind="fallback",
+                source_system=system,
+                source_ref=record.ref,
+                schema_version=feature.schema_version,
+                transform=None,
+            )
+            fresh_values[feature.name] = fetched
+            self._serve_stored(assembly, feature, fetched, entity_ids, now_ms, "fallback")
+        if fresh_values:
+            self._write_behind(entity, entity_id, event_time_ms, fresh_values)
+
+    def _write_behind(
+        self, entity: str, entity_id: str, event_time_ms: int, values: dict[str, StoredValue]
+    ) -> None:
+        """Write fetched values back to the store without making the request wait."""
+        if self._store.breaker.state == "open":
+            return
+        task = asyncio.create_task(self._write(entity, entity_id, event_time_ms, values))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def _write(
+        self, entity: str, entity_id: str, event_time_ms: int, values: dict[str, StoredValue]
+    ) -> None:
+        try:
+            await self._store.write(entity, entity_id, event_time_ms, values)
+        except StoreUnavailable as exc:
+            log.warning("read-through write to the online store failed: %s", exc)
+
+    async def drain(self) -> None:
+        """Wait for pending read-through writes (at shutdown)."""
+        if self._writes:
+            await asyncio.gather(*self._writes, return_exceptions=True)
+
+    def _serve_stored(
+        self,
+        assembly: Assembly,
+        feature: Feature,
+        stored: StoredValue,
+        entity_ids: Mapping[str, str],
+        now_ms: int,
+        status: str,
+    ) -> None:
+        lineage = stored.lineage(feature.entity, entity_ids[feature.entity])
+        source = "online_store" if status in {"fresh", "stale"} else stored.source_system
+        assembly.values[feature.name] = FeatureValue(
+            value=stored.value,
+            status=status,  # type: ignore[arg-type]
+            source=source,
+            event_time=lineage.event_time,
+            ingested_at=lineage.ingested_at,
+            staleness_ms=max(0, now_ms - stored.event_time_ms),
+            max_staleness_ms=feature.max_staleness_ms,
+            lineage_id=stored.lineage_id,
+            schema_version=stored.schema_version,
+        )
+        assembly.lineage[feature.name] = lineage
+
+    def _apply_policy(
+        self,
+        assembly: Assembly,
+        feature: Feature,
+        current: StoredValue | None,
+        entity_ids: Mapping[str, str],
+        now_ms: int,
+        reason: str,
+    ) -> None:
+        """Serve a feature that could be neither fresh nor fetched, as its policy says."""
+        assembly.problems[feature.name] = reason
+        policy = feature.on_unavailable
+        if policy == "serve_stale" and current is not None:
+            assembly.degraded = True
+            self._serve_stored(assembly, feature, current, entity_ids, now_ms, "stale")
+        elif policy != "fail" and feature.default is not None:
+            assembly.degraded = True
+            assembly.values[feature.name] = FeatureValue(
+                value=coerce(feature.default, feature.dtype),
+                status="default",
+                source="default",
+                max_staleness_ms=feature.max_staleness_ms,
+                schema_version=feature.schema_version,
+            )
+        else:
+            raise FeatureUnavailable(
+                f"feature {feature.name} is unavailable and its policy is"
+                f" {policy!r}: {reason}",
+                field=f"features.{feature.name}",
+                extra={"feature": feature.name, "reason": reason},
+            )
+
+
+def _failure_reason(exc: BaseException) -> str:
+    if isinstance(exc, SourceError):
+        return str(exc)
+    if isinstance(exc, BreakerOpen):
+        return str(exc)
+    if isinstance(exc, TimeoutError):
+        return "request deadline reached before the source answered"
+    return f"{type(exc).__name__}: {exc}"

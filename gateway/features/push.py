@@ -1,0 +1,99 @@
+"""``POST /features/push``: values of one entity into the online store, with lineage."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from contracts.features import FeatureScalar, PushRequest, PushResponse
+from gateway.errors import BadRequest, Unavailable
+from gateway.features.online_store import (
+    OnlineStore,
+    StoredValue,
+    StoreUnavailable,
+    lineage_id_for,
+    to_millis,
+)
+from gateway.registry import Registry, coerce
+
+# A pushed event time this far ahead of our clock is a producer bug; accepting it
+# would pin the value, since nothing older may overwrite it.
+MAX_CLOCK_SKEW = timedelta(minutes=5)
+
+
+class FeaturePusher:
+    """Checks pushed values against the registry and writes them compare-and-set."""
+
+    def __init__(self, registry: Registry, store: OnlineStore) -> None:
+        self._registry = registry
+        self._store = store
+
+    def _check(self, request: PushRequest) -> tuple[str, str, dict[str, FeatureScalar]]:
+        if len(request.entities) != 1:
+            raise BadRequest("name exactly one entity", field="entities")
+        ((key, entity_id),) = request.entities.items()
+        entity = self._registry.entity_by_key.get(key)
+        if entity is None:
+            raise BadRequest(f"unknown entity key {key!r}", field=f"entities.{key}")
+        values: dict[str, FeatureScalar] = {}
+        for name, raw in request.features.items():
+            feature = self._registry.features.get(name)
+            if feature is None:
+                raise BadRequest(f"unknown feature {name!r}", field=f"features.{name}")
+            if feature.entity != entity.name:
+                raise BadRequest(
+                    f"feature {name!r} belongs to entity {feature.entity!r}, not {entity.name!r}",
+                    field=f"features.{name}",
+                )
+            try:
+                values[name] = coerce(raw, feature.dtype)
+            except TypeError as exc:
+                raise BadRequest(f"features.{name}: {exc}", field=f"features.{name}") from exc
+        if request.event_time.tzinfo is None:
+            raise BadRequest("event_time needs a UTC offset", field="event_time")
+        if request.event_time - datetime.now(UTC) > MAX_CLOCK_SKEW:
+            raise BadRequest("event_time is in the future", field="event_time")
+        return entity.name, entity_id, values
+
+    async def push(self, request: PushRequest) -> PushResponse:
+        """Write the values unless the store holds newer ones; nothing on a bad request."""
+        entity, entity_id, values = self._check(request)
+        lineage = request.lineage
+        event_time_ms = to_millis(request.event_time)
+        lineage_id = lineage_id_for(
+            "push",
+            lineage.source_system,
+            lineage.source_ref,
+            lineage.schema_version,
+            lineage.transform,
+            entity,
+            entity_id,
+            event_time_ms,
+        )
+        ingested_at_ms = to_millis(datetime.now(UTC))
+        stored = {
+            name: StoredValue(
+                value=value,
+                event_time_ms=event_time_ms,
+                ingested_at_ms=ingested_at_ms,
+                lineage_id=lineage_id,
+                kind="push",
+                source_system=lineage.source_system,
+                source_ref=lineage.source_ref,
+                schema_version=(
+                    lineage.schema_version
+                    if lineage.schema_version is not None
+                    else self._registry.features[name].schema_version
+                ),
+                transform=lineage.transform,
+            )
+            for name, value in values.items()
+        }
+        try:
+            written = await self._store.write(entity, entity_id, event_time_ms, stored)
+        except StoreUnavailable as exc:
+            raise Unavailable("the online store is unavailable", field="online_store") from exc
+        return PushResponse(
+            lineage_id=lineage_id,
+            written=written,
+            skipped_older=[name for name in values if name not in written],
+        )

@@ -1,0 +1,172 @@
+"""The model client: Open Inference Protocol v2 over REST.
+
+Works with any spec-faithful server (KServe, MLServer, Triton): the feature vector
+goes out as one ``[1, n]`` tensor or as one named input per feature, as the
+registry says; outputs come back flat or nested and are read row-major.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import aiohttp
+import msgspec
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
+from tenacity import wait_exponential_jitter
+
+from contracts.features import FeatureScalar
+from contracts.inference import Datatype, InferError, InferInput, InferRequest, InferResponse
+from contracts.registry import DType, Model
+from gateway.breaker import BreakerOpen, DependencyBreaker
+from gateway.deadline import Deadline
+from gateway.errors import DeadlineExceeded, GatewayError, Unavailable
+
+_encode_request = msgspec.json.Encoder().encode
+_decode_response = msgspec.json.Decoder(InferResponse).decode
+_decode_error = msgspec.json.Decoder(InferError).decode
+
+_DATATYPES: dict[DType, Datatype] = {
+    "int64": "INT64",
+    "float64": "FP64",
+    "bool": "BOOL",
+    "string": "BYTES",
+}
+
+
+class ModelRejected(GatewayError):
+    """The model server refused the request (4xx): the registry and the model disagree."""
+
+    status_code = 502
+
+
+class _Transient(Exception):
+    """A connection error or 5xx: worth another attempt within the deadline."""
+
+
+def _flatten(data: Sequence[Any]) -> Iterator[Any]:
+    for item in data:
+        if isinstance(item, list):
+            yield from _flatten(item)
+        else:
+            yield item
+
+
+class ModelClient:
+    """Calls one model's inference endpoint behind its own breaker."""
+
+    def __init__(
+        self,
+        model: Model,
+        vector: Sequence[tuple[str, DType]],
+        session: aiohttp.ClientSession,
+    ) -> None:
+        self.model = model
+        self._columns = [(name, _DATATYPES[dtype]) for name, dtype in vector]
+        self._session = session
+        self._url = f"{model.endpoint.rstrip('/')}/v2/models/{model.name}/infer"
+        self._ready_url = f"{model.endpoint.rstrip('/')}/v2/health/ready"
+        self._timeout_s = model.timeout_ms / 1000
+        self.breaker = DependencyBreaker(f"model:{model.name}", model.breaker)
+
+    def request(self, decision_id: str, vector: Sequence[FeatureScalar]) -> InferRequest:
+        """The inference request for one row."""
+        layout = self.model.input
+        if layout.layout == "tensor":
+            data = [float(v) for v in vector]  # type: ignore[arg-type]
+            inputs = [
+                InferInput(
+                    name=layout.name, shape=[1, len(data)], datatype=layout.datatype, data=data
+                )
+            ]
+        else:
+            inputs = [
+                InferInput(name=name, shape=[1], datatype=datatype, data=[value])
+                for (name, datatype), value in zip(self._columns, vector, strict=True)
+            ]
+        return InferRequest(id=decision_id, inputs=inputs)
+
+    async def infer(
+        self, decision_id: str, vector: Sequence[FeatureScalar], deadline: Deadline
+    ) -> dict[str, Any]:
+        """Score one row; returns outputs by name (a scalar for a one-element output)."""
+        body = _encode_request(self.request(decision_id, vector))
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.model.retry.attempts),
+            wait=wait_exponential_jitter(
+                initial=self.model.retry.backoff_ms / 1000,
+                max=self.model.retry.max_backoff_ms / 1000,
+            ),
+            retry=retry_if_exception_type(_Transient),
+            reraise=True,
+        )
+        try:
+            async with asyncio.timeout(deadline.remaining()):
+                async for attempt in retrying:
+                    with attempt:
+                        response = await self._post(body, deadline)
+        except TimeoutError as exc:
+            raise DeadlineExceeded(
+                f"model {self.model.name} did not answer within the request deadline",
+                field="model",
+            ) from exc
+        except BreakerOpen as exc:
+            raise Unavailable(
+                f"model {self.model.name} is unavailable (circuit open)",
+                field="model",
+                headers={"Retry-After": str(max(1, round(exc.retry_after_s)))},
+            ) from exc
+        except _Transient as exc:
+            raise Unavailable(
+                f"model {self.model.name} is unavailable: {exc}", field="model"
+            ) from exc
+        return self._outputs(response)
+
+    async def _post(self, body: bytes, deadline: Deadline) -> InferResponse:
+        async with self.breaker.guard():
+            try:
+                async with asyncio.timeout(deadline.within(self._timeout_s)):
+                    async with self._session.post(
+                        self._url, data=body, headers={"content-type": "application/json"}
+                    ) as response:
+                        raw = await response.read()
+                        status = response.status
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise _Transient(str(exc) or type(exc).__name__) from exc
+            if status >= 500:
+                raise _Transient(f"answered {status}")
+        if status >= 400:
+            raise ModelRejected(
+                f"model {self.model.name} rejected the request ({status}): {_error_text(raw)}",
+                field="model",
+            )
+        try:
+            return _decode_response(raw)
+        except msgspec.DecodeError as exc:
+            raise ModelRejected(
+                f"model {self.model.name} answered outside the protocol: {exc}", field="model"
+            ) from exc
+
+    @staticmethod
+    def _outputs(response: InferResponse) -> dict[str, Any]:
+        outputs: dict[str, Any] = {}
+        for output in response.outputs:
+            flat = list(_flatten(output.data))
+            outputs[output.name] = flat[0] if len(flat) == 1 else flat
+        return outputs
+
+    async def ready(self, timeout_s: float) -> bool:
+        """True when the model server says it is ready."""
+        try:
+            async with asyncio.timeout(timeout_s), self._session.get(self._ready_url) as resp:
+                return resp.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
+
+def _error_text(raw: bytes) -> str:
+    try:
+        return _decode_error(raw).error
+    except msgspec.DecodeError:
+        return raw[:200].decode("utf-8", "replace")

@@ -1,0 +1,202 @@
+"""Loading the registry file: decode, check cross-references, index for the hot path."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import msgspec
+
+from contracts.features import FeatureScalar
+from contracts.registry import DType, Entity, Feature, Model, RegistryFile, Source
+
+_Named = TypeVar("_Named", Entity, Source, Feature, Model)
+
+
+class RegistryError(Exception):
+    """The registry file is not valid; the message names the file and the field."""
+
+    def __init__(self, origin: str, message: str, path: str) -> None:
+        super().__init__(f"{origin}: {message} - at `{path}`")
+        self.origin = origin
+        self.path = path
+
+
+def coerce(value: object, dtype: DType) -> FeatureScalar:
+    """Return ``value`` as ``dtype`` or raise ``TypeError``.
+
+    Integers are accepted where floats are declared (JSON does not tell ``1`` from
+    ``1.0``); nothing else converts.
+    """
+    if dtype == "int64":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif dtype == "float64":
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif dtype == "bool":
+        if isinstance(value, bool):
+            return value
+    elif isinstance(value, str):
+        return value
+    raise TypeError(f"expected {dtype}, got {type(value).__name__}")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelPlan:
+    """What scoring one model needs, worked out once at start-up.
+
+    Attributes:
+        model: the model's registry entry.
+        subject: the entity decisions of this model are about.
+        entities: every entity whose key a request must carry, subject first.
+        features: the stored features in vector order.
+        vector: names of the whole input vector: stored features, then context.
+    """
+
+    model: Model
+    subject: Entity
+    entities: tuple[Entity, ...]
+    features: tuple[Feature, ...]
+    vector: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Registry:
+    """The checked registry, indexed by name."""
+
+    file: RegistryFile
+    digest: str
+    entities: dict[str, Entity]
+    entity_by_key: dict[str, Entity]
+    sources: dict[str, Source]
+    features: dict[str, Feature]
+    models: dict[str, Model]
+    plans: dict[str, ModelPlan] = field(default_factory=dict)
+
+
+def load_registry(path: Path) -> Registry:
+    """Read and check the registry file at ``path``."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise RegistryError(str(path), f"cannot read the registry: {exc.strerror}", "$") from exc
+    return parse_registry(data, origin=str(path))
+
+
+def parse_registry(data: bytes, origin: str = "<registry>") -> Registry:
+    """Decode TOML registry bytes, check every cross-reference and build the indexes."""
+    try:
+        spec = msgspec.toml.decode(data, type=RegistryFile)
+    except msgspec.ValidationError as exc:
+        message, _, where = str(exc).rpartition(" - at `")
+        raise RegistryError(origin, message or str(exc), where.rstrip("`") or "$") from exc
+    except msgspec.DecodeError as exc:
+        raise RegistryError(origin, f"not valid TOML: {exc}", "$") from exc
+    checker = _Checker(origin)
+    entities = checker.index(spec.entities, "entities")
+    entity_by_key = {}
+    for i, entity in enumerate(spec.entities):
+        if entity.key in entity_by_key:
+            checker.fail("entity key used twice", f"$.entities[{i}].key")
+        entity_by_key[entity.key] = entity
+    sources = checker.index(spec.sources, "sources")
+    features = checker.index(spec.features, "features")
+    models = checker.index(spec.models, "models")
+    for i, feature in enumerate(spec.features):
+        checker.feature(feature, f"$.features[{i}]", entities, sources)
+    plans = {
+        model.name: checker.model(model, f"$.models[{i}]", entities, features)
+        for i, model in enumerate(spec.models)
+    }
+    return Registry(
+        file=spec,
+        digest=hashlib.sha256(data).hexdigest()[:16],
+        entities=entities,
+        entity_by_key=entity_by_key,
+        sources=sources,
+        features=features,
+        models=models,
+        plans=plans,
+    )
+
+
+class _Checker:
+    """Cross-reference checks; each failure names the path of the offending field."""
+
+    def __init__(self, origin: str) -> None:
+        self.origin = origin
+
+    def fail(self, message: str, path: str) -> None:
+        raise RegistryError(self.origin, message, path)
+
+    def index(self, items: Sequence[_Named], section: str) -> dict[str, _Named]:
+        by_name: dict[str, _Named] = {}
+        for i, item in enumerate(items):
+            if item.name in by_name:
+                self.fail(f"duplicate name {item.name!r}", f"$.{section}[{i}].name")
+            by_name[item.name] = item
+        return by_name
+
+    def feature(
+        self,
+        feature: Feature,
+        at: str,
+        entities: dict[str, Entity],
+        sources: dict[str, Source],
+    ) -> None:
+        entity = entities.get(feature.entity)
+        if entity is None:
+            self.fail(f"unknown entity {feature.entity!r}", f"{at}.entity")
+            return
+        if feature.source is not None:
+            if feature.source not in sources:
+                self.fail(f"unknown source {feature.source!r}", f"{at}.source")
+            if feature.path is None:
+                self.fail("a feature with a source needs the path to read it", f"{at}.path")
+            elif set(re.findall(r"{(\w+)}", feature.path)) != {entity.key}:
+                self.fail(f"path must contain exactly {{{entity.key}}}", f"{at}.path")
+        if feature.default is not None:
+            try:
+                coerce(feature.default, feature.dtype)
+            except TypeError as exc:
+                self.fail(f"default does not match dtype: {exc}", f"{at}.default")
+        elif feature.on_unavailable == "default":
+            self.fail("on_unavailable = 'default' needs a default", f"{at}.default")
+
+    def model(
+        self,
+        model: Model,
+        at: str,
+        entities: dict[str, Entity],
+        features: dict[str, Feature],
+    ) -> ModelPlan:
+        subject = entities.get(model.subject)
+        if subject is None:
+            self.fail(f"unknown entity {model.subject!r}", f"{at}.subject")
+            raise AssertionError  # unreachable: fail raises
+        stored: list[Feature] = []
+        for j, name in enumerate(model.features):
+            if name not in features:
+                self.fail(f"unknown feature {name!r}", f"{at}.features[{j}]")
+            if name in model.features[:j]:
+                self.fail(f"feature {name!r} listed twice", f"{at}.features[{j}]")
+            stored.append(features[name])
+        for j, context in enumerate(model.context):
+            if context.name in features or context.name in [c.name for c in model.context[:j]]:
+                self.fail(f"context name {context.name!r} is taken", f"{at}.context[{j}].name")
+        dtypes = [f.dtype for f in stored] + [c.dtype for c in model.context]
+        if model.input.layout == "tensor" and "string" in dtypes:
+            self.fail("a tensor input cannot carry string features", f"{at}.input.layout")
+        needed = [subject] + [entities[f.entity] for f in stored]
+        return ModelPlan(
+            model=model,
+            subject=subject,
+            entities=tuple(dict.fromkeys(needed)),
+            features=tuple(stored),
+            vector=tuple([f.name for f in stored] + [c.name for c in model.context]),
+        )
