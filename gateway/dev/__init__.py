@@ -1,0 +1,1 @@
+"""Development-only sample servers that stand in for upstream sources and the model."""
