@@ -1,5 +1,7 @@
 """The registry file: entities, source APIs, features and models.
 
+Unknown keys in the file are errors, not ignored (``forbid_unknown_fields``).
+
 The file is TOML; it decodes into these Structs at start-up, and the same shape is
 served at ``GET /registry``. Cross-references (a feature's source, a model's
 features) are checked by the gateway when it loads the file.
@@ -21,11 +23,7 @@ Policy = Literal["serve_stale", "default", "fail"]
 Classification = Literal["public", "internal", "pii"]
 
 
-class _Spec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Base for registry entries: unknown keys in the file are errors, not ignored."""
-
-
-class Entity(_Spec):
+class Entity(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Something decisions and features are about, and the key that names one."""
 
     name: Name
@@ -33,7 +31,7 @@ class Entity(_Spec):
     description: str = ""
 
 
-class RetryPolicy(_Spec):
+class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Attempts per call and the exponential backoff between them."""
 
     attempts: Annotated[int, msgspec.Meta(ge=1, le=10)] = 2
@@ -41,7 +39,7 @@ class RetryPolicy(_Spec):
     max_backoff_ms: Annotated[int, msgspec.Meta(ge=0, le=60_000)] = 200
 
 
-class BreakerPolicy(_Spec):
+class BreakerPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Circuit breaker thresholds: consecutive failures to open, time before a probe."""
 
     fail_max: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 5
@@ -49,7 +47,7 @@ class BreakerPolicy(_Spec):
     success_threshold: Annotated[int, msgspec.Meta(ge=1, le=100)] = 1
 
 
-class Source(_Spec):
+class Source(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A source API that features fall back to when the online store cannot serve them.
 
     A call is ``GET {url}{feature.path}`` with the entity key substituted; the answer
@@ -69,7 +67,7 @@ class Source(_Spec):
     breaker: BreakerPolicy = msgspec.field(default_factory=BreakerPolicy)
 
 
-class Feature(_Spec):
+class Feature(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A feature: its entity, type, freshness SLA, fallback source and failure policy."""
 
     name: Name
@@ -87,7 +85,7 @@ class Feature(_Spec):
     description: str = ""
 
 
-class ContextFeature(_Spec):
+class ContextFeature(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A request-time feature the caller sends in ``context``."""
 
     name: Name
@@ -95,7 +93,7 @@ class ContextFeature(_Spec):
     classification: Classification = "internal"
 
 
-class ModelInput(_Spec):
+class ModelInput(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """How the feature vector is laid out in the inference request.
 
     ``tensor``: one input named ``name`` of shape ``[1, n]`` in the model's feature
@@ -108,14 +106,14 @@ class ModelInput(_Spec):
     datatype: Literal["FP64", "FP32"] = "FP64"
 
 
-class DecisionRule(_Spec):
+class DecisionRule(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Label a decision ``label`` when the policy output is at least ``min``."""
 
     label: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
     min: float
 
 
-class DecisionPolicy(_Spec):
+class DecisionPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Turn one model output into a label: the first rule whose ``min`` it reaches."""
 
     output: str
@@ -123,7 +121,7 @@ class DecisionPolicy(_Spec):
     version: str = "1"
 
 
-class Model(_Spec):
+class Model(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A model served over the Open Inference Protocol v2 and its feature vector.
 
     ``timeout_ms`` bounds one inference call; ``deadline_ms`` is the default budget of
@@ -145,7 +143,7 @@ class Model(_Spec):
     breaker: BreakerPolicy = msgspec.field(default_factory=BreakerPolicy)
 
 
-class RegistryFile(_Spec):
+class RegistryFile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The whole registry file."""
 
     entities: Annotated[list[Entity], msgspec.Meta(min_length=1)]

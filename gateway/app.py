@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import aiohttp
+import asyncpg
 import msgspec
 from litestar import Litestar, Request, Response, get, post
 from litestar.config.app import AppConfig
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
-from litestar.params import Parameter
+from litestar.params import FromPath, HeaderParameter, JSONBody
 from litestar.plugins import InitPluginProtocol
 
 from contracts.decisions import DecisionRecord, RollbackRequest, RollbackState
@@ -44,7 +46,9 @@ from writeback.relay import OutboxRelay
 
 log = logging.getLogger(__name__)
 
-CallerHeader = Annotated[str, Parameter(header="X-Client-Id", default="anonymous")]
+CallerHeader = Annotated[str, HeaderParameter(name="X-Client-Id")]
+"""Who is calling; replaced by the API key's id once keys are configured."""
+ANONYMOUS = "anonymous"
 
 
 class Check(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -72,6 +76,7 @@ class Gateway(InitPluginProtocol):
         self.store = OnlineStore.from_url(settings.redis_url, settings.redis_prefix)
         self.publisher = KafkaPublisher(settings.writeback)
         self._session: aiohttp.ClientSession | None = None
+        self._pool: asyncpg.Pool | None = None
         self._audit: AuditStore | None = None
         self._relay: OutboxRelay | None = None
         self._scorer: Scorer | None = None
@@ -122,7 +127,7 @@ class Gateway(InitPluginProtocol):
             vector += [(c.name, c.dtype) for c in plan.model.context]
             self.models[name] = ModelClient(plan.model, vector, self._session)
         self.assembler = FeatureAssembler(self.registry, self.store, self.sources)
-        pool = await create_pool(self.settings.writeback)
+        self._pool = pool = await create_pool(self.settings.writeback)
         self._audit = AuditStore(pool, self.settings.writeback)
         await self._audit.start()
         self._scorer = Scorer(self.registry, self.assembler, self.models, self._audit)
@@ -138,6 +143,8 @@ class Gateway(InitPluginProtocol):
             await self.assembler.drain()
         if self._audit is not None:
             await self._audit.close()
+        if self._pool is not None:
+            await self._pool.close()
         await self.publisher.stop()
         await self.store.close()
         if self._session is not None:
@@ -169,20 +176,20 @@ class Gateway(InitPluginProtocol):
             ready=all(c.ok for c in checks.values()), checks=checks, breakers=self.breakers()
         )
 
-    async def _kafka_ready(self, timeout: float) -> None:
-        if not await self.publisher.ready(timeout):
+    async def _kafka_ready(self, limit_s: float) -> None:
+        if not await self.publisher.ready(limit_s):
             raise ConnectionError("broker did not answer")
 
     @staticmethod
-    async def _model_ready(model: ModelClient, timeout: float) -> None:
-        if not await model.ready(timeout):
+    async def _model_ready(model: ModelClient, limit_s: float) -> None:
+        if not await model.ready(limit_s):
             raise ConnectionError(f"{model.model.endpoint} is not ready")
 
 
-async def _timed(probe: Awaitable[Any], timeout: float) -> Check:
+async def _timed(probe: Awaitable[Any], limit_s: float) -> Check:
     started = time.perf_counter()
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(limit_s):
             await probe
     except Exception as exc:  # any failure of a probe is a not-ready answer
         elapsed = (time.perf_counter() - started) * 1000
@@ -190,13 +197,16 @@ async def _timed(probe: Awaitable[Any], timeout: float) -> Check:
     return Check(ok=True, latency_ms=round((time.perf_counter() - started) * 1000, 2))
 
 
+GatewayDep = NamedDependency[Gateway]
+
+
 @post("/score", status_code=200)
 async def score(
-    data: ScoreRequest,
-    gateway: Gateway,
-    caller: CallerHeader,
+    data: JSONBody[ScoreRequest],
+    gateway: GatewayDep,
+    caller: CallerHeader = ANONYMOUS,
     timeout_ms: Annotated[
-        int | None, Parameter(header="X-Request-Timeout-Ms", required=False, gt=0)
+        int | None, HeaderParameter(name="X-Request-Timeout-Ms", required=False, gt=0)
     ] = None,
 ) -> ScoreResponse:
     """Score one subject with one model; the answer is committed to the audit store."""
@@ -204,19 +214,19 @@ async def score(
 
 
 @post("/features/push", status_code=200)
-async def push_features(data: PushRequest, gateway: Gateway) -> PushResponse:
+async def push_features(data: JSONBody[PushRequest], gateway: GatewayDep) -> PushResponse:
     """Write feature values of one entity; older event times never overwrite newer."""
     return await gateway.pusher.push(data)
 
 
 @get("/registry")
-async def registry_file(gateway: Gateway) -> RegistryFile:
+async def registry_file(gateway: GatewayDep) -> RegistryFile:
     """The registry: entities, sources, features and models, as loaded."""
     return gateway.registry.file
 
 
 @get("/decisions/{decision_id:str}")
-async def decision(decision_id: str, gateway: Gateway) -> DecisionRecord:
+async def decision(decision_id: FromPath[str], gateway: GatewayDep) -> DecisionRecord:
     """The whole decision record, with write-back and rollback state."""
     try:
         record = await gateway.audit.get(decision_id)
@@ -229,7 +239,10 @@ async def decision(decision_id: str, gateway: Gateway) -> DecisionRecord:
 
 @post("/decisions/{decision_id:str}/rollback", status_code=200)
 async def rollback(
-    decision_id: str, data: RollbackRequest, gateway: Gateway, caller: CallerHeader
+    decision_id: FromPath[str],
+    data: JSONBody[RollbackRequest],
+    gateway: GatewayDep,
+    caller: CallerHeader = ANONYMOUS,
 ) -> RollbackState:
     """Roll a decision back; a second rollback answers with the first."""
     try:
@@ -249,7 +262,7 @@ async def live() -> dict[str, str]:
 
 
 @get("/health/ready")
-async def ready(gateway: Gateway) -> Response[Readiness]:
+async def ready(gateway: GatewayDep) -> Response[Readiness]:
     """200 when PostgreSQL, Redis, Kafka and every model server answer; 503 otherwise."""
     readiness = await gateway.readiness()
     return Response(readiness, status_code=200 if readiness.ready else 503)
@@ -279,12 +292,20 @@ def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Error
     return Response(body, status_code=exc.status_code, headers=exc.headers)
 
 
+def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    body = ErrorBody(status_code=500, detail="internal error")
+    return Response(body, status_code=500)
+
+
 def _field_of(message: str) -> str | None:
-    """``data.entities.x`` style field from a msgspec message ending in "- at `$...`"."""
+    """The dotted field a msgspec message blames ("... - at `$.entities.x`")."""
     _, marker, where = message.rpartition(" - at `$")
-    if not marker:
-        return None
-    return where.rstrip("`").lstrip(".").replace("[", ".").replace("]", "") or None
+    path = where.rstrip("`").lstrip(".").replace("[", ".").replace("]", "") if marker else ""
+    unknown = re.search(r"unknown field `([^`]+)`", message)
+    if unknown:
+        path = f"{path}.{unknown.group(1)}" if path else unknown.group(1)
+    return path or None
 
 
 def create_app(settings: GatewaySettings, registry: Registry | None = None) -> Litestar:
@@ -296,8 +317,8 @@ def create_app(settings: GatewaySettings, registry: Registry | None = None) -> L
             GatewayError: _gateway_error,
             ValidationException: _validation_error,
             HTTPException: _http_error,
+            Exception: _internal_error,
         },
         openapi_config=OpenAPIConfig(title="scoregate", version="1"),
         signature_types=[Gateway],
     )
-

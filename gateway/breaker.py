@@ -36,7 +36,7 @@ class BreakerOpen(Exception):
         self.retry_after_s = retry_after_s
 
 
-class _StateLog(pybreaker.CircuitBreakerListener):  # type: ignore[misc]
+class _StateLog(pybreaker.CircuitBreakerListener):
     def state_change(self, cb: pybreaker.CircuitBreaker, old: Any, new: Any) -> None:
         log.warning(
             "breaker %s: %s -> %s",

@@ -128,8 +128,10 @@ async def _demo(args: argparse.Namespace) -> int:
                 }
                 async with http.post("/score", json=body) as response:
                     answer = await response.json()
-                    print(f"POST /score {customer}: {response.status} decision={answer.get('decision')}"
-                          f" degraded={answer.get('degraded')}")
+                    print(
+                        f"POST /score {customer}: {response.status}"
+                        f" decision={answer.get('decision')} degraded={answer.get('degraded')}"
+                    )
                     scored.append(answer)
             _show("POST /score (customer c-10: features fetched from their sources)", scored[1])
             record = await _delivered_record(http, scored[1]["decision_id"])

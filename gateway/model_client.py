@@ -13,8 +13,12 @@ from typing import Any
 
 import aiohttp
 import msgspec
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
-from tenacity import wait_exponential_jitter
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
 
 from contracts.features import FeatureScalar
 from contracts.inference import Datatype, InferError, InferInput, InferRequest, InferResponse
@@ -45,6 +49,9 @@ class _Transient(Exception):
     """A connection error or 5xx: worth another attempt within the deadline."""
 
 
+_RETRY_TRANSIENT = retry_if_exception_type(_Transient)
+
+
 def _flatten(data: Sequence[Any]) -> Iterator[Any]:
     for item in data:
         if isinstance(item, list):
@@ -69,12 +76,16 @@ class ModelClient:
         self._ready_url = f"{model.endpoint.rstrip('/')}/v2/health/ready"
         self._timeout_s = model.timeout_ms / 1000
         self.breaker = DependencyBreaker(f"model:{model.name}", model.breaker)
+        self._stop = stop_after_attempt(model.retry.attempts)
+        self._wait = wait_exponential_jitter(
+            multiplier=model.retry.backoff_ms / 1000, max=model.retry.max_backoff_ms / 1000
+        )
 
     def request(self, decision_id: str, vector: Sequence[FeatureScalar]) -> InferRequest:
         """The inference request for one row."""
         layout = self.model.input
         if layout.layout == "tensor":
-            data = [float(v) for v in vector]  # type: ignore[arg-type]
+            data = [float(v) for v in vector]
             inputs = [
                 InferInput(
                     name=layout.name, shape=[1, len(data)], datatype=layout.datatype, data=data
@@ -93,13 +104,7 @@ class ModelClient:
         """Score one row; returns outputs by name (a scalar for a one-element output)."""
         body = _encode_request(self.request(decision_id, vector))
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.model.retry.attempts),
-            wait=wait_exponential_jitter(
-                initial=self.model.retry.backoff_ms / 1000,
-                max=self.model.retry.max_backoff_ms / 1000,
-            ),
-            retry=retry_if_exception_type(_Transient),
-            reraise=True,
+            stop=self._stop, wait=self._wait, retry=_RETRY_TRANSIENT, reraise=True
         )
         try:
             async with asyncio.timeout(deadline.remaining()):

@@ -21,7 +21,9 @@ from gateway.registry import ModelPlan, Registry, coerce
 from writeback.audit_store import AuditStore, AuditUnavailable
 
 
-def decide(policy: DecisionPolicy | None, outputs: Mapping[str, Any]) -> tuple[str | None, str | None]:
+def decide(
+    policy: DecisionPolicy | None, outputs: Mapping[str, Any]
+) -> tuple[str | None, str | None]:
     """The label of the first rule the policy output reaches, and the rule that chose it."""
     if policy is None:
         return None, None
@@ -122,9 +124,7 @@ class Scorer:
         budget_ms = model.deadline_ms if timeout_ms is None else min(timeout_ms, model.deadline_ms)
         deadline = Deadline(budget_ms / 1000)
         decision_id = new_decision_id()
-        assembly = await self._assembler.assemble(
-            plan, entity_ids, context, deadline, received_at
-        )
+        assembly = await self._assembler.assemble(plan, entity_ids, context, deadline, received_at)
         vector = [assembly.values[name].value for name in plan.vector]
         model_started = time.perf_counter()
         outputs = await self._models[model.name].infer(

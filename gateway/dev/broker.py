@@ -35,9 +35,9 @@ def free_port() -> int:
         return port
 
 
-async def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:
+async def wait_for_port(host: str, port: int, limit_s: float = 10.0) -> None:
     """Wait until something accepts TCP connections on ``host:port``."""
-    async with asyncio.timeout(timeout):
+    async with asyncio.timeout(limit_s):
         while True:
             try:
                 _, writer = await asyncio.open_connection(host, port)

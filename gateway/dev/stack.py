@@ -70,7 +70,7 @@ class DevStack:
         await wait_for_port("127.0.0.1", model_port)
         self.env = env
         await self._spawn("gateway", "gateway.cli", "serve", "--port", str(self.port), env=env)
-        await self._wait_ready(timeout=20)
+        await self._wait_ready(limit_s=20)
 
     async def _spawn(
         self, name: str, module: str, *args: str, env: Mapping[str, str] | None = None
@@ -84,11 +84,11 @@ class DevStack:
             log.close()
         self._children.append(child)
 
-    async def _wait_ready(self, timeout: float) -> None:
+    async def _wait_ready(self, limit_s: float) -> None:
         last = "no answer"
         async with aiohttp.ClientSession() as session:
             try:
-                async with asyncio.timeout(timeout):
+                async with asyncio.timeout(limit_s):
                     while True:
                         with contextlib.suppress(aiohttp.ClientError):
                             async with session.get(f"{self.url}/health/ready") as response:

@@ -270,8 +270,7 @@ class FeatureAssembler:
             )
         else:
             raise FeatureUnavailable(
-                f"feature {feature.name} is unavailable and its policy is"
-                f" {policy!r}: {reason}",
+                f"feature {feature.name} is unavailable and its policy is {policy!r}: {reason}",
                 field=f"features.{feature.name}",
                 extra={"feature": feature.name, "reason": reason},
             )

@@ -130,15 +130,14 @@ class OnlineStore:
         """The hash that holds one entity's features."""
         return f"{self._prefix}:{entity}:{entity_id}"
 
-    async def read(
-        self, reads: Sequence[EntityRead]
-    ) -> list[dict[str, StoredValue]]:
+    async def read(self, reads: Sequence[EntityRead]) -> list[dict[str, StoredValue]]:
         """Stored values for each entity read, in one round trip (a pipeline of HMGETs)."""
+        rows: list[list[bytes | None]]
         try:
             async with self.breaker.guard():
                 if len(reads) == 1:
                     entity, entity_id, names = reads[0]
-                    rows = [await self._client.hmget(self.key(entity, entity_id), list(names))]
+                    rows = [await self._client.hmget(self.key(entity, entity_id), list(names))]  # type: ignore[list-item]
                 else:
                     pipe = self._client.pipeline(transaction=False)
                     for entity, entity_id, names in reads:
@@ -164,9 +163,7 @@ class OnlineStore:
             args.extend((name, _encode(stored)))
         try:
             async with self.breaker.guard():
-                written = await self._compare_and_set(
-                    keys=[self.key(entity, entity_id)], args=args
-                )
+                written = await self._compare_and_set(keys=[self.key(entity, entity_id)], args=args)
         except (RedisError, OSError, BreakerOpen) as exc:
             raise StoreUnavailable(str(exc)) from exc
         return [w.decode() if isinstance(w, bytes) else str(w) for w in written]
@@ -178,4 +175,3 @@ class OnlineStore:
     async def close(self) -> None:
         """Close the connection pool."""
         await self._client.aclose()
-

@@ -53,6 +53,9 @@ class SourceBusy(SourceError):
     """The source's concurrency cap is reached; the call was not made."""
 
 
+_RETRY_TRANSIENT = retry_if_exception_type(TransientSourceError)
+
+
 class SourceRecord(msgspec.Struct, frozen=True, kw_only=True):
     """One record fetched from a source.
 
@@ -98,6 +101,10 @@ class SourceClient:
         self._in_flight: dict[str, asyncio.Future[SourceRecord]] = {}
         self._slots = asyncio.Semaphore(source.max_concurrency)
         self.calls = 0
+        self._stop_after_attempts = stop_after_attempt(source.retry.attempts)
+        self._wait = wait_exponential_jitter(
+            multiplier=source.retry.backoff_ms / 1000, max=source.retry.max_backoff_ms / 1000
+        )
 
     async def fetch(self, path: str, deadline: Deadline) -> SourceRecord:
         """The record at ``path``; concurrent fetches of one path share one call."""
@@ -117,13 +124,10 @@ class SourceClient:
             done.exception()  # retrieved here so an unawaited failure is not logged
 
     async def _fetch_with_retries(self, path: str, deadline: Deadline) -> SourceRecord:
-        retry = self.source.retry
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(retry.attempts) | _DeadlineStop(deadline),
-            wait=wait_exponential_jitter(
-                initial=retry.backoff_ms / 1000, max=retry.max_backoff_ms / 1000
-            ),
-            retry=retry_if_exception_type(TransientSourceError),
+            stop=self._stop_after_attempts | _DeadlineStop(deadline),
+            wait=self._wait,
+            retry=_RETRY_TRANSIENT,
             reraise=True,
         )
         async for attempt in retrying:

@@ -35,7 +35,7 @@ def test_sample_registry_loads_with_plans() -> None:
         ('entity = "merchant"', 'entity = "shop"', "$.features[6].entity"),
         ('"kyc_level",\n', '"kyc_levle",\n', "$.models[0].features[4]"),
         ("timeout_ms = 300", "timeout_ms = -1", "$.models[0].timeout_ms"),
-        ('default = 0.5', 'default = "high"', "$.features[5].default"),
+        ("default = 0.5", 'default = "high"', "$.features[5].default"),
         ('subject = "customer"', 'subject = "person"', "$.models[0].subject"),
         (
             'path = "/merchants/{merchant_id}/risk"',
@@ -78,7 +78,8 @@ def test_coerce_accepts(value: object, dtype: str, expected: object) -> None:
 
 
 @pytest.mark.parametrize(
-    ("value", "dtype"), [(True, "int64"), (1.5, "int64"), ("1", "float64"), (1, "bool"), (1, "string")]
+    ("value", "dtype"),
+    [(True, "int64"), (1.5, "int64"), ("1", "float64"), (1, "bool"), (1, "string")],
 )
 def test_coerce_rejects(value: object, dtype: str) -> None:
     with pytest.raises(TypeError):

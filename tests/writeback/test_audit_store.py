@@ -1,0 +1,483 @@
+"""The audit store against a real PostgreSQL: group commit, idempotency, rollback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import msgspec
+import pytest
+
+from contracts.decisions import DecisionRecord, StageTimings, Subject, WritebackState
+from contracts.events import DECISION_MADE, DECISION_ROLLED_BACK, DecisionMade, OutcomeEvent
+from contracts.features import FeatureValue, Lineage
+from contracts.scoring import ModelRef, ScoreRequest
+from writeback.audit_store import AuditStore, AuditUnavailable
+from writeback.config import WritebackConfig
+from writeback.pool import create_pool
+
+pytestmark = pytest.mark.services
+
+event_decoder = msgspec.json.Decoder(OutcomeEvent)
+
+
+def make_record(**overrides: Any) -> DecisionRecord:
+    """A complete decision record; keyword arguments replace fields."""
+    now = datetime.now(UTC)
+    customer = overrides.pop("customer", "c-1")
+    request_id = overrides.pop("request_id", f"req-{uuid.uuid4().hex[:8]}")
+    lineage_id = f"lin-{uuid.uuid4().hex[:8]}"
+    fields: dict[str, Any] = {
+        "decision_id": str(uuid.uuid4()),
+        "request_id": request_id,
+        "caller": "scorer-a",
+        "model": ModelRef(name="credit", version="3"),
+        "model_endpoint": "http://127.0.0.1:8081/v2/models/credit/versions/3/infer",
+        "registry_digest": "sha256:0f0f",
+        "subject": Subject(entity="customer", key="customer_id", id=customer),
+        "request": ScoreRequest(
+            model="credit",
+            entities={"customer_id": customer},
+            request_id=request_id,
+            context={"amount": 120.5},
+        ),
+        "outputs": {"predict": [0.12]},
+        "decision": "approve",
+        "decision_rule": "predict < 0.5",
+        "degraded": False,
+        "features": {
+            "txn_count_7d": FeatureValue(
+                value=4,
+                status="fresh",
+                source="online_store",
+                event_time=now - timedelta(seconds=30),
+                ingested_at=now - timedelta(seconds=29),
+                staleness_ms=30000,
+                max_staleness_ms=60000,
+                lineage_id=lineage_id,
+                schema_version=1,
+            ),
+            "amount": FeatureValue(value=120.5, status="request", source="request"),
+        },
+        "lineage": {
+            lineage_id: Lineage(
+                lineage_id=lineage_id,
+                kind="push",
+                source_system="payments",
+                source_ref="payments.txn/offset/17",
+                entity="customer",
+                entity_id=customer,
+                event_time=now - timedelta(seconds=30),
+                ingested_at=now - timedelta(seconds=29),
+            )
+        },
+        "received_at": now - timedelta(milliseconds=3),
+        "decided_at": now,
+        "timings": StageTimings(online_store_ms=0.4, sources_ms=0.0, model_ms=1.1, total_ms=2.0),
+    }
+    fields.update(overrides)
+    return DecisionRecord(**fields)
+
+
+def make_event(record: DecisionRecord) -> DecisionMade:
+    """The ``decision.made`` event of a record."""
+    return DecisionMade(
+        decision_id=record.decision_id,
+        request_id=record.request_id,
+        model=record.model,
+        subject=record.subject,
+        outputs=record.outputs,
+        decision=record.decision,
+        degraded=record.degraded,
+        features={name: feature.value for name, feature in record.features.items()},
+        decided_at=record.decided_at,
+    )
+
+
+async def commit(store: AuditStore, record: DecisionRecord) -> DecisionRecord:
+    return await store.commit(record, make_event(record), record.subject.id)
+
+
+class TcpProxy:
+    """Forwards a local port to PostgreSQL; stopping it is an outage clients can see."""
+
+    def __init__(self, target_port: int = 5432) -> None:
+        self._target_port = target_port
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port: int = sock.getsockname()[1]
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._pipes: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        for writer in list(self._writers):
+            writer.transport.abort()
+        for pipe in list(self._pipes):
+            pipe.cancel()
+        await asyncio.gather(*self._pipes, return_exceptions=True)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._target_port)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers.update((writer, up_writer))
+        for source, sink in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.create_task(self._pipe(source, sink))
+            self._pipes.add(task)
+            task.add_done_callback(self._pipes.discard)
+
+    async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, asyncio.CancelledError):
+            while data := await source.read(65536):
+                sink.write(data)
+                await sink.drain()
+        sink.transport.abort()
+        self._writers.discard(sink)
+
+
+@pytest.fixture
+def config(database_url: str, topic: str) -> WritebackConfig:
+    return WritebackConfig(database_url=database_url, kafka_bootstrap="127.0.0.1:9", topic=topic)
+
+
+@pytest.fixture
+async def pool(config: WritebackConfig) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(config)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
+async def store(pool: asyncpg.Pool, config: WritebackConfig) -> AsyncIterator[AuditStore]:
+    store = AuditStore(pool, config)
+    await store.start()
+    yield store
+    await store.close()
+
+
+async def test_commit_writes_decision_and_outbox_row(
+    store: AuditStore, pool: asyncpg.Pool, config: WritebackConfig
+) -> None:
+    record = make_record(customer="c-42")
+    event = make_event(record)
+
+    committed = await store.commit(record, event, "c-42")
+
+    assert committed.decision_id == record.decision_id
+    assert committed.committed_at is not None
+    assert [(state.type, state.status, state.attempts) for state in committed.writeback] == [
+        (DECISION_MADE, "pending", 0)
+    ]
+    decision = await pool.fetchrow("SELECT * FROM decisions")
+    assert decision is not None
+    assert str(decision["decision_id"]) == record.decision_id
+    assert (decision["caller"], decision["request_id"]) == ("scorer-a", record.request_id)
+    assert (decision["model_name"], decision["model_version"]) == ("credit", "3")
+    assert (decision["subject_entity"], decision["subject_id"]) == ("customer", "c-42")
+    assert decision["decided_at"] == record.decided_at
+    assert msgspec.convert(decision["record"], DecisionRecord) == record
+    outbox = await pool.fetch("SELECT * FROM outbox")
+    assert len(outbox) == 1
+    row = outbox[0]
+    assert str(row["event_id"]) == committed.writeback[0].event_id
+    assert (row["event_type"], row["topic"], row["message_key"]) == (
+        DECISION_MADE,
+        config.topic,
+        "c-42",
+    )
+    assert (row["status"], row["attempts"], row["event_time"]) == ("pending", 0, record.decided_at)
+    assert event_decoder.decode(row["payload"]) == event
+    # One transaction: the decision and its event carry the same transaction time.
+    assert row["created_at"] == decision["committed_at"] == committed.committed_at
+
+
+async def test_stored_record_carries_no_live_state(store: AuditStore, pool: asyncpg.Pool) -> None:
+    record = make_record(
+        status="rolled_back",
+        committed_at=datetime(2020, 1, 1, tzinfo=UTC),
+        writeback=[
+            WritebackState(
+                event_id="x",
+                type="t",
+                status="delivered",
+                attempts=9,
+                topic="t",
+                created_at=datetime(2020, 1, 1, tzinfo=UTC),
+            )
+        ],
+    )
+
+    await commit(store, record)
+
+    stored = await pool.fetchval("SELECT record FROM decisions")
+    assert stored["status"] == "made"
+    assert stored["committed_at"] is None
+    assert stored["writeback"] == []
+    assert stored["rollback"] is None
+
+
+async def test_concurrent_commits_share_transactions(store: AuditStore, pool: asyncpg.Pool) -> None:
+    records = [make_record(customer=f"c-{n % 7}") for n in range(50)]
+
+    committed = await asyncio.gather(*(commit(store, record) for record in records))
+
+    assert [record.decision_id for record in committed] == [r.decision_id for r in records]
+    assert store.transactions < len(records)
+    assert await pool.fetchval("SELECT count(*) FROM decisions") == 50
+    assert await pool.fetchval("SELECT count(DISTINCT decision_id) FROM outbox") == 50
+    assert await pool.fetchval("SELECT count(*) FROM outbox") == 50
+
+
+async def test_repeated_request_returns_first_record(store: AuditStore, pool: asyncpg.Pool) -> None:
+    first = make_record(request_id="req-same")
+    retry = make_record(request_id="req-same", decision="decline")
+
+    original = await commit(store, first)
+    answer = await commit(store, retry)
+
+    assert answer.decision_id == first.decision_id
+    assert answer.decision == "approve"
+    assert answer.writeback == original.writeback
+    assert await pool.fetchval("SELECT count(*) FROM decisions") == 1
+    assert await pool.fetchval("SELECT count(*) FROM outbox") == 1
+
+
+async def test_repeated_request_in_one_batch_writes_once(
+    store: AuditStore, pool: asyncpg.Pool
+) -> None:
+    records = [make_record(request_id="req-burst", decision=f"d{n}") for n in range(5)]
+
+    answers = await asyncio.gather(*(commit(store, record) for record in records))
+
+    assert len({answer.decision_id for answer in answers}) == 1
+    assert await pool.fetchval("SELECT count(*) FROM decisions") == 1
+    assert await pool.fetchval("SELECT count(*) FROM outbox") == 1
+
+
+async def test_same_request_id_of_other_callers_are_distinct(
+    store: AuditStore, pool: asyncpg.Pool
+) -> None:
+    await commit(store, make_record(request_id="req-1", caller="a"))
+    await commit(store, make_record(request_id="req-1", caller="b"))
+
+    assert await pool.fetchval("SELECT count(*) FROM decisions") == 2
+
+
+async def test_bad_record_fails_alone(store: AuditStore, pool: asyncpg.Pool) -> None:
+    good = [make_record() for _ in range(4)]
+    # PostgreSQL text cannot hold NUL: this one insert fails.
+    bad = make_record(request_id="req-\x00")
+
+    results = await asyncio.gather(
+        *(commit(store, record) for record in [*good[:2], bad, *good[2:]]),
+        return_exceptions=True,
+    )
+
+    assert isinstance(results[2], AuditUnavailable)
+    assert [r.decision_id for r in results if isinstance(r, DecisionRecord)] == [
+        r.decision_id for r in good
+    ]
+    assert await pool.fetchval("SELECT count(*) FROM decisions") == 4
+    assert await pool.fetchval("SELECT count(*) FROM outbox") == 4
+
+
+async def test_commit_without_postgres_raises_and_recovers(
+    database_url: str, topic: str, pool: asyncpg.Pool
+) -> None:
+    proxy = TcpProxy()
+    await proxy.start()
+    base, _, name = database_url.rpartition("/")
+    proxied = f"{base.rpartition('@')[0]}@127.0.0.1:{proxy.port}/{name}"
+    config = WritebackConfig(
+        database_url=proxied, kafka_bootstrap="127.0.0.1:9", topic=topic, pool_min_size=1
+    )
+    proxied_pool = await create_pool(config)
+    store = AuditStore(proxied_pool, config)
+    await store.start()
+    try:
+        await commit(store, make_record())
+        await proxy.stop()
+        lost = make_record()
+
+        with pytest.raises(AuditUnavailable) as raised:
+            await commit(store, lost)
+        assert raised.value.cause is not None
+        with pytest.raises(AuditUnavailable):
+            await store.ping()
+        assert (
+            await pool.fetchval(
+                "SELECT count(*) FROM decisions WHERE decision_id = $1", uuid.UUID(lost.decision_id)
+            )
+            == 0
+        )
+
+        await proxy.start()
+        await commit(store, make_record())
+        await store.ping()
+    finally:
+        await store.close()
+        await proxied_pool.close()
+        await proxy.stop()
+    assert await pool.fetchval("SELECT count(*) FROM decisions") == 2
+    assert await pool.fetchval("SELECT count(*) FROM outbox") == 2
+
+
+async def test_get_fills_in_live_state(store: AuditStore, pool: asyncpg.Pool) -> None:
+    record = make_record()
+    committed = await commit(store, record)
+    await pool.execute(
+        """
+        UPDATE outbox SET status = 'delivered', attempts = 2, "partition" = 1, "offset" = 7,
+                          delivered_at = now(), last_error = 'KafkaConnectionError: down'
+        """
+    )
+
+    found = await store.get(record.decision_id)
+
+    assert found is not None
+    assert found.committed_at == committed.committed_at
+    assert found.status == "made"
+    assert found.rollback is None
+    [state] = found.writeback
+    assert state.event_id == committed.writeback[0].event_id
+    assert (state.type, state.status, state.attempts, state.partition, state.offset) == (
+        DECISION_MADE,
+        "delivered",
+        2,
+        1,
+        7,
+    )
+    assert state.delivered_at is not None
+    assert state.created_at == committed.writeback[0].created_at
+    assert state.last_error == "KafkaConnectionError: down"
+    assert msgspec.structs.replace(found, committed_at=None, writeback=[]) == record
+    assert await store.find_by_request(record.caller, record.request_id) == found
+
+
+async def test_get_unknown_or_malformed_id(store: AuditStore) -> None:
+    assert await store.get(str(uuid.uuid4())) is None
+    assert await store.get("not-a-uuid") is None
+    assert await store.find_by_request("scorer-a", "never") is None
+
+
+async def test_rollback_queues_event_after_the_decision(
+    store: AuditStore, pool: asyncpg.Pool
+) -> None:
+    record = make_record(customer="c-9")
+    await commit(store, record)
+
+    answer = await store.rollback(record.decision_id, "wrong model version", "ops-1")
+
+    assert answer is not None
+    state, created = answer
+    assert created is True
+    assert (state.decision_id, state.reason, state.rolled_back_by) == (
+        record.decision_id,
+        "wrong model version",
+        "ops-1",
+    )
+    rows = await pool.fetch("SELECT * FROM outbox ORDER BY seq")
+    assert [row["event_type"] for row in rows] == [DECISION_MADE, DECISION_ROLLED_BACK]
+    made, rolled = rows
+    assert (rolled["message_key"], rolled["topic"]) == (made["message_key"], made["topic"])
+    assert str(rolled["event_id"]) == state.event_id
+    event = event_decoder.decode(rolled["payload"])
+    assert event == msgspec.convert(
+        {
+            "type": DECISION_ROLLED_BACK,
+            "decision_id": record.decision_id,
+            "request_id": record.request_id,
+            "model": {"name": "credit", "version": "3"},
+            "subject": {"entity": "customer", "key": "customer_id", "id": "c-9"},
+            "reason": "wrong model version",
+            "rolled_back_by": "ops-1",
+            "rolled_back_at": state.rolled_back_at,
+        },
+        OutcomeEvent,
+    )
+    found = await store.get(record.decision_id)
+    assert found is not None
+    assert found.status == "rolled_back"
+    assert found.rollback == state
+    assert [item.type for item in found.writeback] == [DECISION_MADE, DECISION_ROLLED_BACK]
+
+
+async def test_second_rollback_answers_with_the_first(
+    store: AuditStore, pool: asyncpg.Pool
+) -> None:
+    record = make_record()
+    await commit(store, record)
+
+    first = await store.rollback(record.decision_id, "first", "ops-1")
+    second = await store.rollback(record.decision_id, "second", "ops-2")
+
+    assert first is not None
+    assert second is not None
+    assert first[1] is True
+    assert second == (first[0], False)
+    assert await pool.fetchval("SELECT count(*) FROM rollbacks") == 1
+    assert (
+        await pool.fetchval(
+            "SELECT count(*) FROM outbox WHERE event_type = $1", DECISION_ROLLED_BACK
+        )
+        == 1
+    )
+
+
+async def test_concurrent_rollbacks_write_one_event(store: AuditStore, pool: asyncpg.Pool) -> None:
+    record = make_record()
+    await commit(store, record)
+
+    answers = await asyncio.gather(
+        *(store.rollback(record.decision_id, f"reason {n}", f"ops-{n}") for n in range(8))
+    )
+
+    created = [answer for answer in answers if answer is not None and answer[1]]
+    assert len(created) == 1
+    assert all(answer == (created[0][0], False) for answer in answers if answer not in created)
+    assert await pool.fetchval("SELECT count(*) FROM rollbacks") == 1
+    assert (
+        await pool.fetchval(
+            "SELECT count(*) FROM outbox WHERE event_type = $1", DECISION_ROLLED_BACK
+        )
+        == 1
+    )
+
+
+async def test_rollback_of_unknown_decision(store: AuditStore) -> None:
+    assert await store.rollback(str(uuid.uuid4()), "r", "ops") is None
+    assert await store.rollback("nope", "r", "ops") is None
+
+
+async def test_close_commits_what_is_queued(pool: asyncpg.Pool, config: WritebackConfig) -> None:
+    store = AuditStore(pool, config)
+    await store.start()
+    commits = [asyncio.create_task(commit(store, make_record())) for _ in range(20)]
+    await asyncio.sleep(0)
+
+    await store.close()
+
+    assert len(await asyncio.gather(*commits)) == 20
+    assert await pool.fetchval("SELECT count(*) FROM decisions") == 20
+    with pytest.raises(AuditUnavailable):
+        await commit(store, make_record())
+
+
+async def test_ping(store: AuditStore) -> None:
+    await store.ping()

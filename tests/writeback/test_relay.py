@@ -1,0 +1,480 @@
+"""The outbox relay against real PostgreSQL and a real Kafka-protocol broker (Tansu)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import msgspec
+import pytest
+from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
+
+from contracts.decisions import DecisionRecord, StageTimings, Subject
+from contracts.events import (
+    DECISION_MADE,
+    DECISION_ROLLED_BACK,
+    DecisionMade,
+    DecisionRolledBack,
+    OutcomeEvent,
+)
+from contracts.features import FeatureValue
+from contracts.scoring import ModelRef, ScoreRequest
+from gateway.dev.broker import LocalBroker
+from writeback.audit_store import AuditStore
+from writeback.config import WritebackConfig
+from writeback.kafka import KafkaPublisher, OutgoingMessage
+from writeback.pool import create_pool
+from writeback.relay import OutboxRelay
+
+pytestmark = pytest.mark.services
+
+event_decoder = msgspec.json.Decoder(OutcomeEvent)
+
+
+def make_record(customer: str = "c-1", **overrides: Any) -> DecisionRecord:
+    """A complete decision record; keyword arguments replace fields."""
+    now = datetime.now(UTC)
+    request_id = f"req-{uuid.uuid4().hex[:8]}"
+    fields: dict[str, Any] = {
+        "decision_id": str(uuid.uuid4()),
+        "request_id": request_id,
+        "caller": "scorer-a",
+        "model": ModelRef(name="credit", version="3"),
+        "model_endpoint": "http://127.0.0.1:8081/v2/models/credit/versions/3/infer",
+        "registry_digest": "sha256:0f0f",
+        "subject": Subject(entity="customer", key="customer_id", id=customer),
+        "request": ScoreRequest(
+            model="credit", entities={"customer_id": customer}, request_id=request_id
+        ),
+        "outputs": {"predict": [0.12]},
+        "decision": "approve",
+        "decision_rule": "predict < 0.5",
+        "degraded": False,
+        "features": {
+            "txn_count_7d": FeatureValue(
+                value=4,
+                status="fresh",
+                source="online_store",
+                event_time=now - timedelta(seconds=30),
+                staleness_ms=30000,
+                max_staleness_ms=60000,
+            )
+        },
+        "lineage": {},
+        "received_at": now - timedelta(milliseconds=3),
+        "decided_at": now,
+        "timings": StageTimings(online_store_ms=0.4, sources_ms=0.0, model_ms=1.1, total_ms=2.0),
+    }
+    fields.update(overrides)
+    return DecisionRecord(**fields)
+
+
+async def commit(store: AuditStore, record: DecisionRecord) -> DecisionRecord:
+    event = DecisionMade(
+        decision_id=record.decision_id,
+        request_id=record.request_id,
+        model=record.model,
+        subject=record.subject,
+        outputs=record.outputs,
+        decision=record.decision,
+        degraded=record.degraded,
+        features={name: feature.value for name, feature in record.features.items()},
+        decided_at=record.decided_at,
+    )
+    return await store.commit(record, event, record.subject.id)
+
+
+async def consume(bootstrap: str, topic: str, expected: int, timeout: float = 15.0) -> list[Any]:
+    """Every record of ``topic`` once ``expected`` arrived (and a moment more, to see extras)."""
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    records: list[Any] = []
+    try:
+        async with asyncio.timeout(timeout):
+            while len(records) < expected:
+                batches = await consumer.getmany(timeout_ms=200)
+                for batch in batches.values():
+                    records.extend(batch)
+        batches = await consumer.getmany(timeout_ms=500)
+        for batch in batches.values():
+            records.extend(batch)
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def drain(relay: OutboxRelay, pool: asyncpg.Pool, timeout: float = 20.0) -> None:
+    """Run relay cycles until no outbox row is pending."""
+    async with asyncio.timeout(timeout):
+        while await pool.fetchval("SELECT count(*) FROM outbox WHERE status <> 'delivered'"):
+            if not await relay.run_once():
+                await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+def config(database_url: str, broker: LocalBroker, topic: str) -> WritebackConfig:
+    return WritebackConfig(
+        database_url=database_url,
+        kafka_bootstrap=broker.bootstrap,
+        topic=topic,
+        relay_backoff_ms=20,
+        relay_max_backoff_ms=200,
+        publish_timeout_ms=5000,
+    )
+
+
+@pytest.fixture
+async def pool(config: WritebackConfig) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(config)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
+async def store(pool: asyncpg.Pool, config: WritebackConfig) -> AsyncIterator[AuditStore]:
+    store = AuditStore(pool, config)
+    await store.start()
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+async def make_relay(
+    pool: asyncpg.Pool,
+) -> AsyncIterator[Callable[[WritebackConfig], Awaitable[OutboxRelay]]]:
+    """Builds relays with publishers of their own; stops them all afterwards."""
+    made: list[tuple[OutboxRelay, KafkaPublisher]] = []
+
+    async def build(config: WritebackConfig) -> OutboxRelay:
+        publisher = KafkaPublisher(config)
+        relay = OutboxRelay(pool, publisher, config)
+        made.append((relay, publisher))
+        return relay
+
+    yield build
+    for relay, publisher in made:
+        await relay.stop()
+        await publisher.stop()
+
+
+@pytest.fixture
+async def own_broker() -> AsyncIterator[LocalBroker]:
+    """A broker of this test's own, not started: the test decides when it is up."""
+    local = LocalBroker()
+    yield local
+    await local.stop()
+
+
+async def test_relay_publishes_cloudevents(
+    store: AuditStore,
+    pool: asyncpg.Pool,
+    config: WritebackConfig,
+    make_relay: Callable[[WritebackConfig], Awaitable[OutboxRelay]],
+) -> None:
+    records = [make_record(customer=f"c-{n}") for n in range(6)]
+    for record in records:
+        await commit(store, record)
+    relay = await make_relay(config)
+
+    assert await relay.run_once() == 6
+
+    messages = await consume(config.kafka_bootstrap, config.topic, expected=6)
+    assert len(messages) == 6
+    rows = {str(row["event_id"]): row for row in await pool.fetch("SELECT * FROM outbox")}
+    by_decision = {record.decision_id: record for record in records}
+    for message in messages:
+        headers = dict(message.headers)
+        assert len(headers) == len(message.headers) == 7
+        row = rows[headers["ce_id"].decode()]
+        record = by_decision[headers["ce_subject"].decode()]
+        assert headers["ce_specversion"] == b"1.0"
+        assert headers["ce_type"] == DECISION_MADE.encode()
+        assert headers["ce_source"] == b"/scoregate"
+        assert headers["content-type"] == b"application/json"
+        ce_time = headers["ce_time"].decode()
+        assert ce_time.endswith("Z")
+        assert datetime.fromisoformat(ce_time) == record.decided_at
+        assert message.key == record.subject.id.encode()
+        assert message.value == row["payload"]
+        event = event_decoder.decode(message.value)
+        assert isinstance(event, DecisionMade)
+        assert (event.decision_id, event.request_id) == (record.decision_id, record.request_id)
+        assert (row["status"], row["attempts"]) == ("delivered", 1)
+        assert (row["partition"], row["offset"]) == (message.partition, message.offset)
+        assert row["delivered_at"] is not None
+        assert row["last_error"] is None
+    stored = await store.get(records[0].decision_id)
+    assert stored is not None
+    assert [state.status for state in stored.writeback] == ["delivered"]
+    assert relay.published == 6
+    assert await relay.run_once() == 0
+
+
+async def test_relay_creates_topic_with_configured_partitions(
+    store: AuditStore,
+    config: WritebackConfig,
+    make_relay: Callable[[WritebackConfig], Awaitable[OutboxRelay]],
+) -> None:
+    await commit(store, make_record())
+    relay = await make_relay(config)
+
+    await relay.run_once()
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=config.kafka_bootstrap)
+    await admin.start()
+    try:
+        [described] = await admin.describe_topics([config.topic])
+    finally:
+        await admin.close()
+    assert sorted(p["partition"] for p in described["partitions"]) == [0, 1, 2]
+
+
+async def test_broker_down_keeps_rows_pending_until_it_returns(
+    store: AuditStore,
+    pool: asyncpg.Pool,
+    config: WritebackConfig,
+    own_broker: LocalBroker,
+    make_relay: Callable[[WritebackConfig], Awaitable[OutboxRelay]],
+) -> None:
+    config = msgspec.structs.replace(config, kafka_bootstrap=own_broker.bootstrap)
+    for n in range(5):
+        await commit(store, make_record(customer=f"c-{n}"))
+    relay = await make_relay(config)
+
+    for _ in range(3):
+        await relay.run_once()
+        await asyncio.sleep(0.25)
+
+    rows = await pool.fetch("SELECT * FROM outbox")
+    assert {row["status"] for row in rows} == {"pending"}
+    assert all(row["attempts"] >= 2 for row in rows)
+    assert all("Kafka" in row["last_error"] for row in rows)
+    assert relay.failed >= 10
+
+    await own_broker.start()
+    await drain(relay, pool)
+
+    messages = await consume(own_broker.bootstrap, config.topic, expected=5)
+    assert len(messages) == 5
+    assert len({dict(message.headers)["ce_id"] for message in messages}) == 5
+
+
+async def test_broker_lost_after_start_times_out_and_recovers(
+    store: AuditStore,
+    pool: asyncpg.Pool,
+    config: WritebackConfig,
+    own_broker: LocalBroker,
+    make_relay: Callable[[WritebackConfig], Awaitable[OutboxRelay]],
+) -> None:
+    config = msgspec.structs.replace(
+        config, kafka_bootstrap=own_broker.bootstrap, publish_timeout_ms=1500
+    )
+    await own_broker.start()
+    relay = await make_relay(config)
+    await commit(store, make_record(customer="c-1"))
+    await drain(relay, pool)
+    await own_broker.stop()
+
+    await commit(store, make_record(customer="c-2"))
+    assert await relay.run_once() == 1
+    row = await pool.fetchrow("SELECT * FROM outbox ORDER BY seq DESC LIMIT 1")
+    assert row is not None
+    assert (row["status"], row["attempts"]) == ("pending", 1)
+    assert row["last_error"]
+
+    await own_broker.start()
+    await drain(relay, pool)
+    # The restarted broker kept nothing (memory storage), so only the second event is
+    # there; the attempt that timed out may have been delivered as well once the
+    # broker was back, under the same id, which is what consumers dedupe on.
+    messages = await consume(own_broker.bootstrap, config.topic, expected=1)
+    assert {dict(message.headers)["ce_id"].decode() for message in messages} == {
+        str(row["event_id"])
+    }
+
+
+async def test_rollback_never_overtakes_its_decision(
+    store: AuditStore,
+    pool: asyncpg.Pool,
+    config: WritebackConfig,
+    own_broker: LocalBroker,
+    make_relay: Callable[[WritebackConfig], Awaitable[OutboxRelay]],
+) -> None:
+    config = msgspec.structs.replace(config, kafka_bootstrap=own_broker.bootstrap)
+    record = make_record(customer="c-77")
+    await commit(store, record)
+    relay = await make_relay(config)
+    assert await relay.run_once() == 1  # the broker is down: this attempt fails
+    await store.rollback(record.decision_id, "bad input", "ops-1")
+
+    # The rollback waits behind its failed decision, however often the relay runs.
+    for _ in range(5):
+        await relay.run_once()
+        await asyncio.sleep(0.05)
+    rolled = await pool.fetchrow("SELECT * FROM outbox WHERE event_type = $1", DECISION_ROLLED_BACK)
+    assert rolled is not None
+    assert (rolled["status"], rolled["attempts"]) == ("pending", 0)
+
+    await own_broker.start()
+    await drain(relay, pool)
+
+    messages = await consume(own_broker.bootstrap, config.topic, expected=2)
+    assert [dict(message.headers)["ce_type"].decode() for message in messages] == [
+        DECISION_MADE,
+        DECISION_ROLLED_BACK,
+    ]
+    assert messages[0].partition == messages[1].partition
+    assert messages[0].offset < messages[1].offset
+    rollback = event_decoder.decode(messages[1].value)
+    assert isinstance(rollback, DecisionRolledBack)
+    assert (rollback.decision_id, rollback.reason) == (record.decision_id, "bad input")
+
+
+async def test_two_relays_keep_order_per_key(
+    store: AuditStore,
+    pool: asyncpg.Pool,
+    config: WritebackConfig,
+    make_relay: Callable[[WritebackConfig], Awaitable[OutboxRelay]],
+) -> None:
+    config = msgspec.structs.replace(config, relay_batch_size=3)
+    records = [make_record(customer=f"c-{n % 3}") for n in range(12)]
+    for record in records:
+        await commit(store, record)
+    for record in records[::2]:
+        await store.rollback(record.decision_id, "r", "ops")
+    relays = [await make_relay(config), await make_relay(config)]
+
+    async with asyncio.timeout(30):
+        while await pool.fetchval("SELECT count(*) FROM outbox WHERE status <> 'delivered'"):
+            await asyncio.gather(*(relay.run_once() for relay in relays))
+
+    total = await pool.fetchval("SELECT count(*) FROM outbox")
+    messages = await consume(config.kafka_bootstrap, config.topic, expected=total)
+    assert len(messages) == total
+    expected: dict[str, list[str]] = {}
+    for row in await pool.fetch("SELECT * FROM outbox ORDER BY seq"):
+        expected.setdefault(row["message_key"], []).append(str(row["event_id"]))
+    seen: dict[str, list[str]] = {}
+    for message in sorted(messages, key=lambda m: (m.partition, m.offset)):
+        seen.setdefault(message.key.decode(), []).append(dict(message.headers)["ce_id"].decode())
+    assert seen == expected
+
+
+async def test_notification_wakes_the_relay(
+    store: AuditStore,
+    config: WritebackConfig,
+    make_relay: Callable[[WritebackConfig], Awaitable[OutboxRelay]],
+) -> None:
+    config = msgspec.structs.replace(config, relay_poll_interval_ms=10_000)
+    relay = await make_relay(config)
+    await relay.start()
+    await asyncio.wait_for(relay.wait_idle(), 10)
+    # The relay is parked for the next ten seconds unless the commit wakes it.
+    await asyncio.sleep(0.2)
+
+    record = await commit(store, make_record())
+
+    messages = await consume(config.kafka_bootstrap, config.topic, expected=1, timeout=3)
+    assert dict(messages[0].headers)["ce_subject"] == record.decision_id.encode()
+
+
+async def test_background_relay_survives_and_drains(
+    store: AuditStore,
+    pool: asyncpg.Pool,
+    config: WritebackConfig,
+    own_broker: LocalBroker,
+    make_relay: Callable[[WritebackConfig], Awaitable[OutboxRelay]],
+) -> None:
+    config = msgspec.structs.replace(
+        config, kafka_bootstrap=own_broker.bootstrap, relay_poll_interval_ms=50
+    )
+    relay = await make_relay(config)
+    await relay.start()
+    for n in range(3):
+        await commit(store, make_record(customer=f"c-{n}"))
+    await asyncio.sleep(0.5)
+    assert await pool.fetchval("SELECT count(*) FROM outbox WHERE status = 'delivered'") == 0
+
+    await own_broker.start()
+
+    async with asyncio.timeout(15):
+        while await pool.fetchval("SELECT count(*) FROM outbox WHERE status <> 'delivered'"):
+            await asyncio.sleep(0.1)
+    messages = await consume(own_broker.bootstrap, config.topic, expected=3)
+    assert len(messages) == 3
+
+
+async def test_publisher_ready_reflects_the_broker(
+    config: WritebackConfig, own_broker: LocalBroker
+) -> None:
+    publisher = KafkaPublisher(
+        msgspec.structs.replace(config, kafka_bootstrap=own_broker.bootstrap)
+    )
+    try:
+        assert await publisher.ready(1.0) is False
+        await own_broker.start()
+        assert await publisher.ready(2.0) is True
+        assert not publisher.started
+        [outcome] = await publisher.publish(
+            [OutgoingMessage(topic=config.topic, key=b"k", value=b"{}", headers=[("h", b"v")])]
+        )
+        assert not isinstance(outcome, BaseException)
+        assert outcome.topic == config.topic
+    finally:
+        await publisher.stop()
+
+
+async def test_relay_listens_again_after_losing_its_connection(
+    store: AuditStore,
+    pool: asyncpg.Pool,
+    config: WritebackConfig,
+    make_relay: Callable[[WritebackConfig], Awaitable[OutboxRelay]],
+) -> None:
+    config = msgspec.structs.replace(config, relay_poll_interval_ms=10_000)
+    relay = await make_relay(config)
+    await relay.start()
+    await asyncio.wait_for(relay.wait_idle(), 10)
+    listeners = (
+        "SELECT pid FROM pg_stat_activity"
+        " WHERE datname = current_database() AND query LIKE 'LISTEN%'"
+    )
+    [old] = [row["pid"] for row in await pool.fetch(listeners)]
+
+    assert await pool.fetchval("SELECT pg_terminate_backend($1)", old)
+
+    async with asyncio.timeout(10):
+        while [row["pid"] for row in await pool.fetch(listeners)] in ([], [old]):
+            await asyncio.sleep(0.05)
+    await asyncio.wait_for(relay.wait_idle(), 10)
+    record = await commit(store, make_record())
+    messages = await consume(config.kafka_bootstrap, config.topic, expected=1, timeout=3)
+    assert dict(messages[0].headers)["ce_subject"] == record.decision_id.encode()
+
+
+async def test_relay_without_postgres_keeps_running(
+    config: WritebackConfig, make_relay: Callable[[WritebackConfig], Awaitable[OutboxRelay]]
+) -> None:
+    unreachable = msgspec.structs.replace(
+        config, database_url="postgresql://postgres@127.0.0.1:9/none", pool_min_size=0
+    )
+    dead_pool = await create_pool(unreachable)
+    publisher = KafkaPublisher(unreachable)
+    relay = OutboxRelay(dead_pool, publisher, unreachable)
+    try:
+        await relay.start()
+        await asyncio.sleep(1)
+        assert relay.running
+        with pytest.raises(OSError):
+            await relay.run_once()
+        assert not relay.published
+    finally:
+        await relay.stop()
+        await publisher.stop()
+        await dead_pool.close()

@@ -1,0 +1,510 @@
+"""The audit store: decision records and their outbox events, committed together.
+
+Concurrent commits share transactions (group commit): one writer task drains a
+queue, and while one transaction is in flight the next callers queue up and go
+together in the next one. Each batch is a single statement, so it is one
+transaction and one round trip however many decisions it carries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import asyncpg
+import msgspec
+
+from contracts.decisions import DecisionRecord, RollbackState, WritebackState
+from contracts.events import DECISION_MADE, DECISION_ROLLED_BACK, DecisionMade, DecisionRolledBack
+from writeback.config import WritebackConfig
+
+logger = logging.getLogger(__name__)
+
+NOTIFY_CHANNEL = "scoregate_outbox"
+"""The channel relays LISTEN on; every transaction that queues an event notifies it.
+
+The statements below spell it out as a literal: they are constants, not templates.
+"""
+
+# Bounds of one group-commit statement and of a health ping.
+_COMMIT_TIMEOUT_S = 10.0
+_PING_TIMEOUT_S = 2.0
+
+_encoder = msgspec.json.Encoder()
+
+# Errors that mean "the server or the connection went away", not "this data is bad".
+_CONNECTION_ERRORS = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.OperatorInterventionError,
+)
+# Errors caused by one record of a batch; the others should not pay for it.
+_RECORD_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
+_STORE_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+_COMMIT_BATCH = """
+WITH incoming AS (
+    SELECT * FROM unnest(
+        $1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+        $8::timestamptz[], $9::jsonb[], $10::uuid[], $11::text[], $12::bytea[]
+    ) WITH ORDINALITY AS i(
+        decision_id, caller, request_id, model_name, model_version, subject_entity,
+        subject_id, decided_at, record, event_id, message_key, payload, ord
+    )
+),
+inserted AS (
+    INSERT INTO decisions (
+        decision_id, caller, request_id, model_name, model_version, subject_entity,
+        subject_id, decided_at, record
+    )
+    SELECT decision_id, caller, request_id, model_name, model_version, subject_entity,
+           subject_id, decided_at, record
+    FROM incoming
+    ORDER BY ord
+    ON CONFLICT (caller, request_id) DO NOTHING
+    RETURNING decision_id, committed_at
+),
+queued AS (
+    INSERT INTO outbox (event_id, decision_id, event_type, topic, message_key, payload, event_time)
+    SELECT i.event_id, i.decision_id, $13, $14, i.message_key, i.payload, i.decided_at
+    FROM incoming AS i JOIN inserted USING (decision_id)
+    ORDER BY i.ord
+    RETURNING decision_id, event_id, created_at
+),
+notified AS (
+    SELECT pg_notify('scoregate_outbox', '') FROM (SELECT 1 FROM queued LIMIT 1) AS any_queued
+)
+SELECT q.decision_id, ins.committed_at, q.event_id, q.created_at
+FROM queued AS q
+JOIN inserted AS ins USING (decision_id)
+LEFT JOIN notified ON true
+"""
+
+
+def _record_query(condition: str) -> str:
+    # `condition` is one of the constants below, never caller input.
+    return f"""
+SELECT d.record, d.committed_at,
+       r.reason, r.rolled_back_by, r.rolled_back_at, r.event_id AS rollback_event_id,
+       (SELECT jsonb_agg(jsonb_build_object(
+                   'event_id', o.event_id, 'type', o.event_type, 'status', o.status,
+                   'attempts', o.attempts, 'topic', o.topic, 'created_at', o.created_at,
+                   'partition', o."partition", 'offset', o."offset",
+                   'delivered_at', o.delivered_at, 'last_error', o.last_error)
+               ORDER BY o.seq)
+        FROM outbox AS o WHERE o.decision_id = d.decision_id) AS writeback
+FROM decisions AS d
+LEFT JOIN rollbacks AS r ON r.decision_id = d.decision_id
+WHERE {condition}
+"""  # noqa: S608
+
+
+_GET = _record_query("d.decision_id = $1")
+_FIND_BY_REQUEST = _record_query("d.caller = $1 AND d.request_id = $2")
+
+_DECISION_FOR_ROLLBACK = """
+SELECT d.record, o.message_key, o.topic
+FROM decisions AS d
+LEFT JOIN LATERAL (
+    SELECT message_key, topic FROM outbox
+    WHERE decision_id = d.decision_id AND event_type = $2
+    ORDER BY seq LIMIT 1
+) AS o ON true
+WHERE d.decision_id = $1
+"""
+
+_INSERT_ROLLBACK = """
+INSERT INTO rollbacks (decision_id, reason, rolled_back_by, rolled_back_at, event_id)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (decision_id) DO NOTHING
+RETURNING decision_id, reason, rolled_back_by, rolled_back_at, event_id
+"""
+
+_FIRST_ROLLBACK = """
+SELECT decision_id, reason, rolled_back_by, rolled_back_at, event_id
+FROM rollbacks WHERE decision_id = $1
+"""
+
+_QUEUE_EVENT = """
+INSERT INTO outbox (event_id, decision_id, event_type, topic, message_key, payload, event_time)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+"""
+
+_NOTIFY = "SELECT pg_notify('scoregate_outbox', '')"
+
+
+class AuditUnavailable(Exception):
+    """The audit store could not commit or read a decision.
+
+    No decision may be given that cannot be audited, so callers answer 503.
+
+    Attributes:
+        cause: The error from PostgreSQL or the connection, if any.
+    """
+
+    def __init__(self, message: str, cause: BaseException | None = None) -> None:
+        super().__init__(message if cause is None else f"{message}: {cause!r}")
+        self.cause = cause
+        self.__cause__ = cause
+
+
+@dataclass(slots=True)
+class _PendingCommit:
+    """One caller's decision, encoded, waiting for the writer."""
+
+    record: DecisionRecord
+    decision_id: uuid.UUID
+    record_json: bytes
+    event_id: uuid.UUID
+    payload: bytes
+    key: str
+    # None: (caller, request_id) was already committed; the caller fetches that record.
+    future: asyncio.Future[DecisionRecord | None]
+
+
+@contextlib.contextmanager
+def _unavailable_on_error(action: str) -> Iterator[None]:
+    try:
+        yield
+    except _STORE_ERRORS as exc:
+        raise AuditUnavailable(f"could not {action}", exc) from exc
+
+
+def _rollback_state(row: asyncpg.Record) -> RollbackState:
+    return RollbackState(
+        decision_id=str(row["decision_id"]),
+        reason=row["reason"],
+        rolled_back_by=row["rolled_back_by"],
+        rolled_back_at=row["rolled_back_at"],
+        event_id=str(row["event_id"]),
+    )
+
+
+def _record_from_row(row: asyncpg.Record) -> DecisionRecord:
+    record = msgspec.convert(row["record"], DecisionRecord)
+    writeback = msgspec.convert(row["writeback"] or [], list[WritebackState])
+    rollback = None
+    if row["rolled_back_at"] is not None:
+        rollback = RollbackState(
+            decision_id=record.decision_id,
+            reason=row["reason"],
+            rolled_back_by=row["rolled_back_by"],
+            rolled_back_at=row["rolled_back_at"],
+            event_id=str(row["rollback_event_id"]),
+        )
+    return msgspec.structs.replace(
+        record,
+        status="made" if rollback is None else "rolled_back",
+        committed_at=row["committed_at"],
+        writeback=writeback,
+        rollback=rollback,
+    )
+
+
+def _parse_uuid(value: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(value)
+    except (ValueError, TypeError, AttributeError):
+        return None
+
+
+class AuditStore:
+    """Decision records, their rollbacks and the outbox, in PostgreSQL.
+
+    Args:
+        pool: The pool from :func:`writeback.pool.create_pool`; the store does not
+            close it.
+        config: Topic and group-commit settings.
+
+    Attributes:
+        transactions: Group-commit transactions committed so far (each carries one
+            or more decisions).
+    """
+
+    def __init__(self, pool: asyncpg.Pool, config: WritebackConfig) -> None:
+        self._pool = pool
+        self._config = config
+        self._queue: asyncio.Queue[_PendingCommit | None] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+        self._closing = False
+        self.transactions = 0
+
+    async def start(self) -> None:
+        """Start the group-commit writer."""
+        if self._writer is not None:
+            return
+        self._closing = False
+        self._writer = asyncio.create_task(self._write_batches(), name="audit-group-commit")
+
+    async def close(self) -> None:
+        """Commit what is already queued, then stop the writer (the pool stays open)."""
+        if self._writer is None:
+            return
+        self._closing = True
+        self._queue.put_nowait(None)
+        writer, self._writer = self._writer, None
+        await writer
+
+    async def commit(self, record: DecisionRecord, event: DecisionMade, key: str) -> DecisionRecord:
+        """Commit a decision and its outcome event in one transaction.
+
+        Returns only once the transaction is committed. If ``(caller, request_id)``
+        was committed before, nothing is written and that first record comes back.
+
+        Args:
+            record: The decision; its live fields (status, commit time, write-back,
+                rollback) are not stored.
+            event: The ``decision.made`` event to publish.
+            key: The Kafka record key: the subject entity's id.
+
+        Returns:
+            The committed record with ``committed_at`` and its pending write-back
+            state, or the earlier record of the same request.
+
+        Raises:
+            AuditUnavailable: The transaction failed; nothing of this decision is
+                committed by it.
+            ValueError: ``record.decision_id`` is not a UUID.
+        """
+        if self._writer is None or self._closing:
+            raise AuditUnavailable("the audit store is not running")
+        stored = msgspec.structs.replace(
+            record, status="made", committed_at=None, writeback=[], rollback=None
+        )
+        pending = _PendingCommit(
+            record=stored,
+            decision_id=uuid.UUID(record.decision_id),
+            record_json=_encoder.encode(stored),
+            event_id=uuid.uuid4(),
+            payload=_encoder.encode(event),
+            key=key,
+            future=asyncio.get_running_loop().create_future(),
+        )
+        self._queue.put_nowait(pending)
+        committed = await pending.future
+        if committed is not None:
+            return committed
+        existing = await self.find_by_request(record.caller, record.request_id)
+        if existing is None:
+            raise AuditUnavailable("the request was committed before but its record is gone")
+        return existing
+
+    async def find_by_request(self, caller: str, request_id: str) -> DecisionRecord | None:
+        """The decision a caller made under a request id, with its live state.
+
+        Args:
+            caller: The caller (API key name) that asked for the decision.
+            request_id: The caller's request id.
+
+        Returns:
+            The record as :meth:`get` returns it, or None.
+        """
+        with _unavailable_on_error("read the decision"):
+            row = await self._pool.fetchrow(_FIND_BY_REQUEST, caller, request_id)
+        return None if row is None else _record_from_row(row)
+
+    async def get(self, decision_id: str) -> DecisionRecord | None:
+        """A decision record with its live state filled in.
+
+        ``committed_at`` comes from the row, ``status`` and ``rollback`` from the
+        rollback row if any, ``writeback`` from the decision's outbox rows.
+
+        Args:
+            decision_id: The decision's UUID.
+
+        Returns:
+            The record, or None if there is none (or the id is not a UUID).
+        """
+        key = _parse_uuid(decision_id)
+        if key is None:
+            return None
+        with _unavailable_on_error("read the decision"):
+            row = await self._pool.fetchrow(_GET, key)
+        return None if row is None else _record_from_row(row)
+
+    async def rollback(
+        self, decision_id: str, reason: str, actor: str
+    ) -> tuple[RollbackState, bool] | None:
+        """Roll a decision back and queue its compensating event, in one transaction.
+
+        Rolling back twice (also concurrently) writes one rollback and one event;
+        the later calls get the first rollback back.
+
+        Args:
+            decision_id: The decision's UUID.
+            reason: Why it is rolled back.
+            actor: Who rolls it back.
+
+        Returns:
+            ``(state, created)``: the rollback, and False if it existed already;
+            None if the decision is unknown.
+
+        Raises:
+            AuditUnavailable: PostgreSQL could not be reached or the transaction failed.
+        """
+        key = _parse_uuid(decision_id)
+        if key is None:
+            return None
+        with _unavailable_on_error("roll the decision back"):
+            async with self._pool.acquire() as conn:
+                return await self._rollback(conn, key, reason, actor)
+
+    async def _rollback(
+        self, conn: asyncpg.pool.PoolConnectionProxy, key: uuid.UUID, reason: str, actor: str
+    ) -> tuple[RollbackState, bool] | None:
+        # The record never changes after its commit, so it is safe to read it first.
+        found = await conn.fetchrow(_DECISION_FOR_ROLLBACK, key, DECISION_MADE)
+        if found is None:
+            return None
+        record = msgspec.convert(found["record"], DecisionRecord)
+        now = datetime.now(UTC)
+        event_id = uuid.uuid4()
+        async with conn.transaction():
+            row = await conn.fetchrow(_INSERT_ROLLBACK, key, reason, actor, now, event_id)
+            if row is None:
+                # A concurrent rollback holds the key until it commits; this statement
+                # runs after that, so it sees the first rollback.
+                first = await conn.fetchrow(_FIRST_ROLLBACK, key)
+                if first is None:
+                    raise AuditUnavailable("the rollback conflicted but no rollback row exists")
+                return _rollback_state(first), False
+            event = DecisionRolledBack(
+                decision_id=record.decision_id,
+                request_id=record.request_id,
+                model=record.model,
+                subject=record.subject,
+                reason=reason,
+                rolled_back_by=actor,
+                rolled_back_at=now,
+            )
+            await conn.execute(
+                _QUEUE_EVENT,
+                event_id,
+                key,
+                DECISION_ROLLED_BACK,
+                found["topic"] or self._config.topic,
+                found["message_key"] or record.subject.id,
+                _encoder.encode(event),
+                now,
+            )
+            await conn.execute(_NOTIFY)
+        return _rollback_state(row), True
+
+    async def ping(self) -> None:
+        """Check that PostgreSQL answers within two seconds.
+
+        Raises:
+            AuditUnavailable: It does not.
+        """
+        with _unavailable_on_error("reach PostgreSQL"):
+            async with asyncio.timeout(_PING_TIMEOUT_S):
+                await self._pool.fetchval("SELECT 1")
+
+    async def _write_batches(self) -> None:
+        while True:
+            first = await self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            closing = False
+            while len(batch) < self._config.commit_max_batch:
+                try:
+                    item = self._queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    break
+                if item is None:
+                    closing = True
+                    break
+                batch.append(item)
+            # Callers that gave up (cancelled) before their turn need no write.
+            live = [pending for pending in batch if not pending.future.done()]
+            if live:
+                try:
+                    await self._commit_batch(live)
+                except Exception as exc:  # the writer must outlive any one batch
+                    logger.exception("group commit failed unexpectedly")
+                    _fail(live, exc)
+            if closing:
+                return
+
+    async def _commit_batch(self, batch: list[_PendingCommit]) -> None:
+        try:
+            rows = await self._execute_batch(batch)
+        except _RECORD_ERRORS as exc:
+            if len(batch) == 1:
+                _fail(batch, exc)
+                return
+            # One bad record must not fail its neighbours: commit them one by one.
+            logger.warning("group commit of %d rejected (%r); retrying singly", len(batch), exc)
+            for pending in batch:
+                await self._commit_batch([pending])
+            return
+        except _STORE_ERRORS as exc:
+            logger.warning("group commit of %d decisions failed: %r", len(batch), exc)
+            _fail(batch, exc)
+            return
+        self.transactions += 1
+        committed = {row["decision_id"]: row for row in rows}
+        for pending in batch:
+            if pending.future.done():
+                continue
+            row = committed.get(pending.decision_id)
+            pending.future.set_result(None if row is None else self._committed(pending, row))
+
+    async def _execute_batch(self, batch: list[_PendingCommit]) -> list[asyncpg.Record]:
+        try:
+            return await self._send_batch(batch)
+        except _CONNECTION_ERRORS as exc:
+            if isinstance(exc, TimeoutError):
+                # A hung server: waiting as long again would only delay the callers.
+                raise
+            # A pooled connection may be stale after a server restart. Resending is
+            # safe even if the first try committed: (caller, request_id) conflicts
+            # then, and the callers get the committed records back.
+            logger.info("group commit lost its connection (%r); retrying once", exc)
+            return await self._send_batch(batch)
+
+    async def _send_batch(self, batch: list[_PendingCommit]) -> list[asyncpg.Record]:
+        records = [pending.record for pending in batch]
+        async with asyncio.timeout(_COMMIT_TIMEOUT_S), self._pool.acquire() as conn:
+            return await conn.fetch(
+                _COMMIT_BATCH,
+                [pending.decision_id for pending in batch],
+                [record.caller for record in records],
+                [record.request_id for record in records],
+                [record.model.name for record in records],
+                [record.model.version for record in records],
+                [record.subject.entity for record in records],
+                [record.subject.id for record in records],
+                [record.decided_at for record in records],
+                [pending.record_json for pending in batch],
+                [pending.event_id for pending in batch],
+                [pending.key for pending in batch],
+                [pending.payload for pending in batch],
+                DECISION_MADE,
+                self._config.topic,
+            )
+
+    def _committed(self, pending: _PendingCommit, row: asyncpg.Record) -> DecisionRecord:
+        state = WritebackState(
+            event_id=str(row["event_id"]),
+            type=DECISION_MADE,
+            status="pending",
+            attempts=0,
+            topic=self._config.topic,
+            created_at=row["created_at"],
+        )
+        return msgspec.structs.replace(
+            pending.record, committed_at=row["committed_at"], writeback=[state]
+        )
+
+
+def _fail(batch: list[_PendingCommit], cause: BaseException) -> None:
+    for pending in batch:
+        if not pending.future.done():
+            pending.future.set_exception(AuditUnavailable("could not commit the decision", cause))

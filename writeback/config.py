@@ -1,0 +1,67 @@
+"""Settings of the write-back side: PostgreSQL, Kafka, the relay and the group commit."""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class WritebackConfig(msgspec.Struct, frozen=True):
+    """Where decisions are stored and published, and how hard the relay tries.
+
+    Attributes:
+        database_url: PostgreSQL DSN (``postgresql://user@host:port/db``).
+        kafka_bootstrap: Kafka bootstrap servers, comma separated.
+        topic: The outcome-event topic.
+        topic_partitions: Partitions the outcome topic is created with.
+        event_source: The CloudEvents ``source`` of every event.
+        idempotent_producer: Use Kafka's idempotent producer (brokers without
+            ``InitProducerId``, such as Tansu, need ``False``).
+        relay_batch_size: Outbox rows claimed per relay cycle.
+        relay_poll_interval_ms: How often the relay looks for rows when no
+            notification arrives.
+        relay_backoff_ms: First retry delay of an event that failed to publish.
+        relay_max_backoff_ms: Cap of the exponential retry delay.
+        pool_min_size: Connections the pool keeps open.
+        pool_max_size: Connections the pool opens at most.
+        commit_max_batch: Decisions one group-commit transaction takes at most.
+        publish_timeout_ms: Bound of one publish call (and of the producer's own
+            delivery timeout), so a down broker cannot stall a relay cycle.
+    """
+
+    database_url: str
+    kafka_bootstrap: str
+    topic: str = "decision-outcomes"
+    topic_partitions: int = 3
+    event_source: str = "/scoregate"
+    idempotent_producer: bool = False
+    relay_batch_size: int = 200
+    relay_poll_interval_ms: int = 500
+    relay_backoff_ms: int = 100
+    relay_max_backoff_ms: int = 30000
+    pool_min_size: int = 2
+    pool_max_size: int = 10
+    commit_max_batch: int = 256
+    publish_timeout_ms: int = 30000
+
+    def __post_init__(self) -> None:
+        """Reject settings the relay or the pool cannot work with."""
+        positive = {
+            "topic_partitions": self.topic_partitions,
+            "relay_batch_size": self.relay_batch_size,
+            "relay_poll_interval_ms": self.relay_poll_interval_ms,
+            "relay_backoff_ms": self.relay_backoff_ms,
+            "relay_max_backoff_ms": self.relay_max_backoff_ms,
+            "pool_max_size": self.pool_max_size,
+            "commit_max_batch": self.commit_max_batch,
+            "publish_timeout_ms": self.publish_timeout_ms,
+        }
+        for name, value in positive.items():
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        if not 0 <= self.pool_min_size <= self.pool_max_size:
+            raise ValueError(
+                f"pool_min_size must be between 0 and pool_max_size ({self.pool_max_size}),"
+                f" got {self.pool_min_size}"
+            )
+        if not self.topic:
+            raise ValueError("topic must not be empty")

@@ -1,0 +1,1 @@
+"""The schema migrations, as ``NNN_name.sql`` files applied in name order."""
