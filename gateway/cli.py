@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 import signal
+import uuid
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -113,6 +114,7 @@ async def _demo(args: argparse.Namespace) -> int:
         await stack.start()
         await stack.seed()
         print(f"dev stack ready at {stack.url} (logs in {stack.logs})")
+        run = uuid.uuid4().hex[:8]
         async with aiohttp.ClientSession(base_url=stack.url) as http:
             scored = []
             for customer, merchant, amount in [
@@ -123,7 +125,7 @@ async def _demo(args: argparse.Namespace) -> int:
                 body = {
                     "model": "fraud",
                     "entities": {"customer_id": customer, "merchant_id": merchant},
-                    "request_id": f"demo-{customer}",
+                    "request_id": f"demo-{run}-{customer}",
                     "context": {"amount": amount, "card_present": False},
                 }
                 async with http.post("/score", json=body) as response:
@@ -133,6 +135,12 @@ async def _demo(args: argparse.Namespace) -> int:
                         f" decision={answer.get('decision')} degraded={answer.get('degraded')}"
                     )
                     scored.append(answer)
+            async with http.post("/score", json=body) as response:
+                again = await response.json()
+            print(
+                f"POST /score again with request_id {body['request_id']}: decision_id"
+                f" {'unchanged' if again['decision_id'] == answer['decision_id'] else 'CHANGED'}"
+            )
             _show("POST /score (customer c-10: features fetched from their sources)", scored[1])
             record = await _delivered_record(http, scored[1]["decision_id"])
             _show(f"GET /decisions/{scored[1]['decision_id']} (the audit record)", record)

@@ -51,7 +51,7 @@ _COMMIT_BATCH = """
 WITH incoming AS (
     SELECT * FROM unnest(
         $1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-        $8::timestamptz[], $9::jsonb[], $10::uuid[], $11::text[], $12::bytea[]
+        $8::timestamptz[], $9::json[], $10::uuid[], $11::text[], $12::bytea[]
     ) WITH ORDINALITY AS i(
         decision_id, caller, request_id, model_name, model_version, subject_entity,
         subject_id, decided_at, record, event_id, message_key, payload, ord

@@ -1,4 +1,4 @@
-"""The asyncpg connection pool, with ``jsonb`` encoded and decoded by msgspec.
+"""The asyncpg connection pool, with ``json`` and ``jsonb`` encoded and decoded by msgspec.
 
 ``jsonb`` travels in PostgreSQL's binary format (a version byte, 1, then the JSON
 text), so msgspec's bytes go on the wire as they are, without a ``str`` in between.
@@ -53,8 +53,20 @@ def decode_jsonb(data: bytes) -> Any:
     return _json_decoder.decode(memoryview(data)[1:])
 
 
+def encode_json(value: Any) -> bytes:
+    """Encode a value for a ``json`` parameter (``bytes`` are taken as encoded JSON)."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    return _json_encoder.encode(value)
+
+
+def decode_json(data: bytes) -> Any:
+    """Decode a ``json`` value (its binary form is the JSON text itself)."""
+    return _json_decoder.decode(data)
+
+
 async def register_jsonb_codec(conn: asyncpg.Connection) -> None:
-    """Make ``conn`` encode and decode ``jsonb`` with msgspec in binary format.
+    """Make ``conn`` encode and decode ``json`` and ``jsonb`` with msgspec, in binary.
 
     Args:
         conn: A new connection (used as the pool's ``init`` hook).
@@ -64,6 +76,13 @@ async def register_jsonb_codec(conn: asyncpg.Connection) -> None:
         schema="pg_catalog",
         encoder=encode_jsonb,
         decoder=decode_jsonb,
+        format="binary",
+    )
+    await conn.set_type_codec(
+        "json",
+        schema="pg_catalog",
+        encoder=encode_json,
+        decoder=decode_json,
         format="binary",
     )
 

@@ -114,6 +114,7 @@ class FeatureAssembler:
         for name, value in context.items():
             values[name] = FeatureValue(value=value, status="request", source="request")
         assembly.values = values
+        assembly.lineage = {n: assembly.lineage[n] for n in values if n in assembly.lineage}
         return assembly
 
     async def _read_store(

@@ -13,7 +13,8 @@ CREATE TABLE decisions (
     subject_id     text        NOT NULL,
     decided_at     timestamptz NOT NULL,
     committed_at   timestamptz NOT NULL DEFAULT now(),
-    record         jsonb       NOT NULL,
+    -- json, not jsonb: the record is kept byte for byte as it was committed.
+    record         json        NOT NULL,
     CONSTRAINT decisions_caller_request_key UNIQUE (caller, request_id)
 );
 
