@@ -8,8 +8,8 @@ import contextlib
 import json
 import logging
 import signal
-import uuid
 import sys
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
