@@ -1,4 +1,5 @@
-"""Shared fixtures: real PostgreSQL, Redis and a Kafka-protocol broker.
+"""Shared fixtures: real PostgreSQL, Redis, a Kafka-protocol broker, the sample source
+and model servers as processes, and a gateway app wired to all of them.
 
 Each test that needs a service gets its own database, Redis key prefix and topic,
 so tests run in any order. The broker is started once per session on a free port.
@@ -6,15 +7,25 @@ so tests run in any order. The broker is started once per session on a free port
 
 from __future__ import annotations
 
+import asyncio
 import os
+import sys
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from string import Template
 
+import aiohttp
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
+from litestar.testing import AsyncTestClient
 
-from gateway.dev.broker import LocalBroker
+from gateway.app import create_app
+from gateway.dev.broker import LocalBroker, free_port, wait_for_port
+from gateway.settings import GatewaySettings
+from writeback.config import WritebackConfig
 
 PG_ADMIN_DSN = os.environ.get(
     "SCOREGATE_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -81,3 +92,132 @@ async def redis_prefix(redis_url: str) -> AsyncIterator[str]:
             await client.delete(*keys)
     finally:
         await client.aclose()
+
+
+SAMPLE_REGISTRY = Path(__file__).parents[1] / "gateway" / "dev" / "sample_registry.toml"
+
+
+@dataclass
+class SampleServers:
+    """The sample source APIs and model server, running as child processes."""
+
+    sources_url: str
+    model_url: str
+    http: aiohttp.ClientSession
+
+    async def fault_source(self, source: str, mode: str, **extra: int) -> None:
+        body = {"mode": mode, **extra}
+        async with self.http.put(f"{self.sources_url}/_faults/{source}", json=body) as resp:
+            assert resp.status == 200, await resp.text()
+
+    async def fault_model(self, mode: str, **extra: int) -> None:
+        async with self.http.put(f"{self.model_url}/_faults", json={"mode": mode, **extra}) as r:
+            assert r.status == 200, await r.text()
+
+    async def source_calls(self) -> dict[str, int]:
+        async with self.http.get(f"{self.sources_url}/_stats") as resp:
+            calls: dict[str, int] = (await resp.json())["calls"]
+            return calls
+
+    async def source_record(self, path: str) -> dict[str, object]:
+        async with self.http.get(f"{self.sources_url}{path}") as resp:
+            record: dict[str, object] = await resp.json()
+            return record
+
+    async def reset(self) -> None:
+        for url in (f"{self.sources_url}/_faults", f"{self.model_url}/_faults"):
+            async with self.http.delete(url) as resp:
+                assert resp.status < 300
+        async with self.http.delete(f"{self.sources_url}/_stats") as resp:
+            assert resp.status < 300
+
+
+async def _spawn(module: str, port: int, *args: str) -> asyncio.subprocess.Process:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", module, "--port", str(port), *args
+    )
+    await wait_for_port("127.0.0.1", port)
+    return process
+
+
+@pytest.fixture(scope="session")
+async def sample_servers() -> AsyncIterator[SampleServers]:
+    """Sample sources (no added latency) and the sample model, for the whole session."""
+    sources_port, model_port = free_port(), free_port()
+    sources = await _spawn("gateway.dev.sample_sources", sources_port, "--latency-scale", "0")
+    model = await _spawn("gateway.dev.sample_model", model_port)
+    async with aiohttp.ClientSession() as http:
+        yield SampleServers(
+            sources_url=f"http://127.0.0.1:{sources_port}",
+            model_url=f"http://127.0.0.1:{model_port}",
+            http=http,
+        )
+    for process in (sources, model):
+        process.terminate()
+        await process.wait()
+
+
+@pytest.fixture
+async def servers(sample_servers: SampleServers) -> AsyncIterator[SampleServers]:
+    """The sample servers with no faults and zeroed counters, per test."""
+    await sample_servers.reset()
+    yield sample_servers
+    await sample_servers.reset()
+
+
+@pytest.fixture
+def registry_path(tmp_path: Path, servers: SampleServers) -> Path:
+    """The sample registry pointing at this session's sample servers."""
+    path = tmp_path / "registry.toml"
+    path.write_text(
+        Template(SAMPLE_REGISTRY.read_text()).substitute(
+            sources_url=servers.sources_url, model_url=servers.model_url
+        )
+    )
+    return path
+
+
+@pytest.fixture
+def settings(
+    registry_path: Path,
+    database_url: str,
+    redis_url: str,
+    redis_prefix: str,
+    broker: LocalBroker,
+    topic: str,
+) -> GatewaySettings:
+    """Gateway settings for one test: its own database, key prefix and topic."""
+    return GatewaySettings(
+        registry_path=registry_path,
+        redis_url=redis_url,
+        redis_prefix=redis_prefix,
+        writeback=WritebackConfig(
+            database_url=database_url,
+            kafka_bootstrap=broker.bootstrap,
+            topic=topic,
+            relay_poll_interval_ms=100,
+        ),
+    )
+
+
+@pytest.fixture
+async def client(settings: GatewaySettings) -> AsyncIterator[AsyncTestClient]:  # type: ignore[type-arg]
+    """A running gateway (lifespan included) and an HTTP client for it."""
+    async with AsyncTestClient(app=create_app(settings), timeout=10) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+async def pg(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A direct connection to the test's database, for checking what was committed."""
+    connection = await asyncpg.connect(database_url)
+    yield connection
+    await connection.close()
+
+
+@pytest.fixture
+async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    """A direct Redis connection, for checking what the online store holds."""
+    client = aioredis.Redis.from_url(redis_url)
+    yield client
+    await client.aclose()

@@ -15,7 +15,7 @@ from litestar.testing import AsyncTestClient
 from redis.asyncio.connection import Connection
 
 from gateway.features.online_store import StoredValue
-from tests.gateway.conftest import SampleServers
+from tests.conftest import SampleServers
 
 pytestmark = pytest.mark.services
 
