@@ -143,6 +143,15 @@ class Model(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     breaker: BreakerPolicy = msgspec.field(default_factory=BreakerPolicy)
 
 
+class OnlineStoreSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How the gateway treats the online store (Redis): per-read timeout and breaker."""
+
+    timeout_ms: Millis = 50
+    breaker: BreakerPolicy = msgspec.field(
+        default_factory=lambda: BreakerPolicy(fail_max=5, reset_timeout_ms=5000)
+    )
+
+
 class RegistryFile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The whole registry file."""
 
@@ -150,3 +159,4 @@ class RegistryFile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     sources: list[Source] = msgspec.field(default_factory=list)
     features: list[Feature] = msgspec.field(default_factory=list)
     models: list[Model] = msgspec.field(default_factory=list)
+    online_store: OnlineStoreSpec = msgspec.field(default_factory=OnlineStoreSpec)

@@ -73,7 +73,9 @@ class Gateway(InitPluginProtocol):
     def __init__(self, settings: GatewaySettings, registry: Registry | None = None) -> None:
         self.settings = settings
         self.registry = registry or load_registry(settings.registry_path)
-        self.store = OnlineStore.from_url(settings.redis_url, settings.redis_prefix)
+        self.store = OnlineStore.from_url(
+            settings.redis_url, settings.redis_prefix, self.registry.file.online_store
+        )
         self.publisher = KafkaPublisher(settings.writeback)
         self._session: aiohttp.ClientSession | None = None
         self._pool: asyncpg.Pool | None = None

@@ -107,8 +107,19 @@ def parse_registry(data: bytes, origin: str = "<registry>") -> Registry:
     sources = checker.index(spec.sources, "sources")
     features = checker.index(spec.features, "features")
     models = checker.index(spec.models, "models")
+    record_paths: dict[tuple[str, str], str] = {}
     for i, feature in enumerate(spec.features):
-        checker.feature(feature, f"$.features[{i}]", entities, sources)
+        at = f"$.features[{i}]"
+        checker.feature(feature, at, entities, sources)
+        if feature.source is not None and feature.path is not None:
+            # One call per entity per source: its features must live at one path.
+            path = record_paths.setdefault((feature.source, feature.entity), feature.path)
+            if path != feature.path:
+                checker.fail(
+                    f"features of {feature.entity} from {feature.source} must share one path"
+                    f" ({path})",
+                    f"{at}.path",
+                )
     plans = {
         model.name: checker.model(model, f"$.models[{i}]", entities, features)
         for i, model in enumerate(spec.models)

@@ -89,7 +89,7 @@ class FeatureAssembler:
         """Serve every feature of ``plan`` for the entities named in ``entity_ids``."""
         assembly = Assembly()
         now_ms = to_millis(now)
-        stored = await self._read_store(plan, entity_ids, assembly)
+        stored = await self._read_store(plan, entity_ids, deadline, assembly)
 
         to_fetch: dict[_FetchKey, list[Feature]] = defaultdict(list)
         for feature in plan.features:
@@ -118,7 +118,11 @@ class FeatureAssembler:
         return assembly
 
     async def _read_store(
-        self, plan: ModelPlan, entity_ids: Mapping[str, str], assembly: Assembly
+        self,
+        plan: ModelPlan,
+        entity_ids: Mapping[str, str],
+        deadline: Deadline,
+        assembly: Assembly,
     ) -> dict[str, StoredValue]:
         by_entity: dict[str, list[str]] = defaultdict(list)
         for feature in plan.features:
@@ -126,7 +130,7 @@ class FeatureAssembler:
         reads = [(entity, entity_ids[entity], names) for entity, names in by_entity.items()]
         started = time.perf_counter()
         try:
-            rows = await self._store.read(reads)
+            rows = await self._store.read(reads, deadline)
         except StoreUnavailable as exc:
             log.warning("online store unavailable, serving from sources: %s", exc)
             assembly.degraded = True

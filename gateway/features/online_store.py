@@ -8,17 +8,21 @@ that compares event times, so an older value never overwrites a newer one.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 import msgspec
 import redis.asyncio as aioredis
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+from redis.retry import Retry
 
 from contracts.features import FeatureScalar, Lineage
-from contracts.registry import BreakerPolicy
+from contracts.registry import OnlineStoreSpec
 from gateway.breaker import BreakerOpen, DependencyBreaker
+from gateway.deadline import Deadline
 
 
 class StoredValue(msgspec.Struct, array_like=True, frozen=True):
@@ -107,34 +111,43 @@ EntityRead = tuple[str, str, Sequence[str]]
 class OnlineStore:
     """Feature values in Redis, read for many entities in one round trip."""
 
-    def __init__(
-        self,
-        client: aioredis.Redis,
-        prefix: str,
-        breaker_policy: BreakerPolicy | None = None,
-    ) -> None:
+    def __init__(self, client: aioredis.Redis, prefix: str, spec: OnlineStoreSpec) -> None:
         self._client = client
         self._prefix = prefix
+        self._timeout_s = spec.timeout_ms / 1000
         self._compare_and_set = client.register_script(_COMPARE_AND_SET)
-        self.breaker = DependencyBreaker("online_store", breaker_policy or BreakerPolicy())
+        self.breaker = DependencyBreaker("online_store", spec.breaker)
 
     @classmethod
-    def from_url(cls, url: str, prefix: str) -> OnlineStore:
-        """Connect (lazily) to the Redis at ``url``."""
+    def from_url(cls, url: str, prefix: str, spec: OnlineStoreSpec) -> OnlineStore:
+        """Connect (lazily) to the Redis at ``url``.
+
+        redis-py's own retries are off: a failed read goes to the sources at once,
+        and the breaker, not a retry loop, decides when to try Redis again.
+        """
         client = aioredis.Redis.from_url(
-            url, socket_timeout=1.0, socket_connect_timeout=1.0, max_connections=64
+            url,
+            socket_timeout=1.0,
+            socket_connect_timeout=1.0,
+            max_connections=64,
+            retry=Retry(NoBackoff(), 0),
         )
-        return cls(client, prefix)
+        return cls(client, prefix, spec)
 
     def key(self, entity: str, entity_id: str) -> str:
         """The hash that holds one entity's features."""
         return f"{self._prefix}:{entity}:{entity_id}"
 
-    async def read(self, reads: Sequence[EntityRead]) -> list[dict[str, StoredValue]]:
-        """Stored values for each entity read, in one round trip (a pipeline of HMGETs)."""
+    async def read(
+        self, reads: Sequence[EntityRead], deadline: Deadline
+    ) -> list[dict[str, StoredValue]]:
+        """Stored values for each entity read, in one round trip (a pipeline of HMGETs).
+
+        The read spends at most the store's timeout, cut to what the request has left.
+        """
         rows: list[list[bytes | None]]
         try:
-            async with self.breaker.guard():
+            async with self.breaker.guard(), asyncio.timeout(deadline.within(self._timeout_s)):
                 if len(reads) == 1:
                     entity, entity_id, names = reads[0]
                     rows = [await self._client.hmget(self.key(entity, entity_id), list(names))]  # type: ignore[list-item]
@@ -143,6 +156,8 @@ class OnlineStore:
                     for entity, entity_id, names in reads:
                         pipe.hmget(self.key(entity, entity_id), list(names))
                     rows = await pipe.execute()
+        except TimeoutError as exc:
+            raise StoreUnavailable("no answer within the read timeout") from exc
         except (RedisError, OSError, BreakerOpen) as exc:
             raise StoreUnavailable(str(exc)) from exc
         return [
