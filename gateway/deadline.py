@@ -22,6 +22,13 @@ class Deadline:
         """The timeout for one call: its own limit, cut to what the request has left."""
         return min(limit_s, self.remaining())
 
+    def reserving(self, reserve_s: float) -> Deadline:
+        """A deadline ``reserve_s`` earlier, for a stage that must leave time to later ones."""
+        earlier = Deadline.__new__(Deadline)
+        earlier.budget_s = max(0.0, self.budget_s - reserve_s)
+        earlier.expires_at = self.expires_at - reserve_s
+        return earlier
+
     @property
     def expired(self) -> bool:
         """True once the budget is spent."""

@@ -124,7 +124,12 @@ class Scorer:
         budget_ms = model.deadline_ms if timeout_ms is None else min(timeout_ms, model.deadline_ms)
         deadline = Deadline(budget_ms / 1000)
         decision_id = new_decision_id()
-        assembly = await self._assembler.assemble(plan, entity_ids, context, deadline, received_at)
+        # Features may not eat the model's share: it keeps its timeout, or half of
+        # a budget too small for that, and a hanging source costs only the rest.
+        model_reserve_s = min(model.timeout_ms / 1000, deadline.remaining() / 2)
+        assembly = await self._assembler.assemble(
+            plan, entity_ids, context, deadline.reserving(model_reserve_s), received_at
+        )
         vector = [assembly.values[name].value for name in plan.vector]
         model_started = time.perf_counter()
         outputs = await self._models[model.name].infer(

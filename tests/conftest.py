@@ -12,15 +12,18 @@ import os
 import sys
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 
 import aiohttp
 import asyncpg
+import httpx
 import pytest
 import redis.asyncio as aioredis
-from litestar.testing import AsyncTestClient
+import uvicorn
+from litestar import Litestar
 
 from gateway.app import create_app
 from gateway.dev.broker import LocalBroker, free_port, wait_for_port
@@ -128,8 +131,9 @@ class SampleServers:
         for url in (f"{self.sources_url}/_faults", f"{self.model_url}/_faults"):
             async with self.http.delete(url) as resp:
                 assert resp.status < 300
-        async with self.http.delete(f"{self.sources_url}/_stats") as resp:
-            assert resp.status < 300
+        for url in (f"{self.sources_url}/_stats", f"{self.model_url}/_stats"):
+            async with self.http.delete(url) as resp:
+                assert resp.status < 300
 
 
 async def _spawn(module: str, port: int, *args: str) -> asyncio.subprocess.Process:
@@ -200,11 +204,35 @@ def settings(
     )
 
 
+@asynccontextmanager
+async def serve(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
+    """Run ``app`` on a real HTTP server (uvicorn, in this event loop) and a client for it.
+
+    Requests from the client are truly concurrent, as they are in production.
+    """
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{port}", timeout=10, limits=limits
+    ) as http:
+        yield http
+    server.should_exit = True
+    await task
+
+
 @pytest.fixture
-async def client(settings: GatewaySettings) -> AsyncIterator[AsyncTestClient]:  # type: ignore[type-arg]
-    """A running gateway (lifespan included) and an HTTP client for it."""
-    async with AsyncTestClient(app=create_app(settings), timeout=10) as test_client:
-        yield test_client
+async def client(settings: GatewaySettings) -> AsyncIterator[httpx.AsyncClient]:
+    """A running gateway (lifespan included) behind a real HTTP server, and a client."""
+    async with serve(create_app(settings)) as http:
+        yield http
 
 
 @pytest.fixture

@@ -158,7 +158,7 @@ class FeatureAssembler:
             if isinstance(result, SourceRecord):
                 self._serve_fetched(assembly, key, features, result, stored, entity_ids, now_ms)
                 continue
-            reason = _failure_reason(result)
+            reason = _failure_reason(key[0], result)
             for feature in features:
                 current = stored.get(feature.name)
                 self._apply_policy(assembly, feature, current, entity_ids, now_ms, reason)
@@ -281,11 +281,9 @@ class FeatureAssembler:
             )
 
 
-def _failure_reason(exc: BaseException) -> str:
-    if isinstance(exc, SourceError):
-        return str(exc)
-    if isinstance(exc, BreakerOpen):
+def _failure_reason(source: str, exc: BaseException) -> str:
+    if isinstance(exc, SourceError | BreakerOpen):
         return str(exc)
     if isinstance(exc, TimeoutError):
-        return "request deadline reached before the source answered"
-    return f"{type(exc).__name__}: {exc}"
+        return f"source {source}: no answer before the request deadline"
+    return f"source {source}: {type(exc).__name__}: {exc}"

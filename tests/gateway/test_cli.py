@@ -10,11 +10,11 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from litestar.testing import AsyncTestClient
 
 from gateway.app import create_app
 from gateway.dev.broker import LocalBroker
 from gateway.settings import GatewaySettings
+from tests.conftest import serve
 from tests.gateway.test_events import consume
 from tests.gateway.test_score import body, seed
 
@@ -65,7 +65,7 @@ async def test_standalone_relay_publishes_what_the_gateway_committed(
     settings: GatewaySettings, broker: LocalBroker, topic: str
 ) -> None:
     quiet = msgspec.structs.replace(settings, run_relay=False)
-    async with AsyncTestClient(app=create_app(quiet)) as client:
+    async with serve(create_app(quiet)) as client:
         await seed(client, "c-30", "m-30", timedelta(seconds=1))
         answer = (await client.post("/score", json=body("c-30", "m-30"))).json()
         record = (await client.get(f"/decisions/{answer['decision_id']}")).json()

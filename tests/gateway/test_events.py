@@ -7,10 +7,10 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 import msgspec
 import pytest
 from aiokafka import AIOKafkaConsumer
-from litestar.testing import AsyncTestClient
 
 from contracts.events import DecisionMade, DecisionRolledBack, OutcomeEvent
 from gateway.dev.broker import LocalBroker
@@ -18,7 +18,7 @@ from tests.gateway.test_score import body, seed
 
 pytestmark = pytest.mark.services
 
-Client = AsyncTestClient  # type: ignore[type-arg]
+Client = httpx.AsyncClient
 
 
 async def consume(broker: LocalBroker, topic: str, expected: int) -> list[Any]:

@@ -8,10 +8,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
+import httpx
 import msgspec
 import pytest
 import redis.asyncio as aioredis
-from litestar.testing import AsyncTestClient
 from redis.asyncio.connection import Connection
 
 from gateway.features.online_store import StoredValue
@@ -19,7 +19,7 @@ from tests.conftest import SampleServers
 
 pytestmark = pytest.mark.services
 
-Client = AsyncTestClient  # type: ignore[type-arg]
+Client = httpx.AsyncClient
 
 CUSTOMER_FEATURES = {
     "txn_count_30m": 2,
