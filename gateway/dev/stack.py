@@ -36,6 +36,8 @@ class DevStack:
         self.url = f"http://127.0.0.1:{port}"
         self.customers = customers
         self.env: dict[str, str] = {}
+        self.sources_url = ""
+        self.model_url = ""
         self._broker: LocalBroker | None = None
         self._children: list[asyncio.subprocess.Process] = []
         self._workdir = Path(tempfile.mkdtemp(prefix="scoregate-dev-"))
@@ -55,14 +57,15 @@ class DevStack:
             env["SCOREGATE_KAFKA_BOOTSTRAP"] = self._broker.bootstrap
 
         sources_port, model_port = free_port(), free_port()
+        self.sources_url = f"http://127.0.0.1:{sources_port}"
+        self.model_url = f"http://127.0.0.1:{model_port}"
         await self._spawn("sources", "gateway.dev.sample_sources", "--port", str(sources_port))
         await self._spawn("model", "gateway.dev.sample_model", "--port", str(model_port))
         if "SCOREGATE_REGISTRY" not in env:
             registry = self._workdir / "registry.toml"
             registry.write_text(
                 Template(SAMPLE_REGISTRY.read_text()).substitute(
-                    sources_url=f"http://127.0.0.1:{sources_port}",
-                    model_url=f"http://127.0.0.1:{model_port}",
+                    sources_url=self.sources_url, model_url=self.model_url
                 )
             )
             env["SCOREGATE_REGISTRY"] = str(registry)
