@@ -11,6 +11,7 @@ from contracts.features import FeatureValue, Lineage
 from contracts.scoring import ModelRef, ScoreRequest
 
 DeliveryStatus = Literal["pending", "delivered", "dead_lettered"]
+WritebackStage = Literal["committed", "published", "dead_lettered", "redriven"]
 
 
 class Subject(msgspec.Struct, frozen=True, kw_only=True):
@@ -43,6 +44,29 @@ class WritebackState(msgspec.Struct, frozen=True, kw_only=True):
     offset: int | None = None
     delivered_at: datetime | None = None
     last_error: str | None = None
+    dead_lettered_at: datetime | None = None
+    redrives: int = 0
+
+
+class WritebackEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """One step in the history of an outcome event; entries are only ever appended.
+
+    ``committed``: queued with its decision; ``published``: acknowledged by Kafka on
+    ``topic`` at ``partition``/``offset``; ``dead_lettered``: written to the
+    dead-letter topic ``topic`` after ``error``; ``redriven``: sent again by
+    ``actor`` from the dead-letter queue.
+    """
+
+    event_id: str
+    type: str
+    stage: WritebackStage
+    at: datetime
+    topic: str
+    attempts: int = 0
+    partition: int | None = None
+    offset: int | None = None
+    error: str | None = None
+    actor: str | None = None
 
 
 class RollbackRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -64,8 +88,10 @@ class RollbackState(msgspec.Struct, frozen=True, kw_only=True):
 class DecisionRecord(msgspec.Struct, frozen=True, kw_only=True):
     """Everything a decision saw and produced, as committed before the answer.
 
-    The context fields never change after the commit; ``status``, ``writeback`` and
-    ``rollback`` are read from their own rows when the record is served.
+    The context fields never change after the commit; ``status``, ``writeback``,
+    ``timeline`` and ``rollback`` are read from their own rows when the record is
+    served. ``writeback`` is where each event stands now; ``timeline`` is how it got
+    there, and outlives the outbox rows that are purged after delivery.
     """
 
     decision_id: str
@@ -90,3 +116,4 @@ class DecisionRecord(msgspec.Struct, frozen=True, kw_only=True):
     committed_at: datetime | None = None
     writeback: list[WritebackState] = msgspec.field(default_factory=list)
     rollback: RollbackState | None = None
+    timeline: list[WritebackEntry] = msgspec.field(default_factory=list)

@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 
+from contracts.deadletters import DeadLetter, DeadLetterPage
 from contracts.decisions import DecisionRecord, RollbackRequest, RollbackState
 from contracts.events import OutcomeEvent
 from contracts.features import PushRequest, PushResponse
@@ -31,6 +32,8 @@ PUBLIC_TYPES: dict[str, Any] = {
     "rollback-request": RollbackRequest,
     "rollback-state": RollbackState,
     "outcome-event": OutcomeEvent,
+    "dead-letter": DeadLetter,
+    "dead-letter-page": DeadLetterPage,
     "registry-file": RegistryFile,
     "error": ErrorBody,
 }

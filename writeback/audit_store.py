@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 import asyncpg
 import msgspec
 
-from contracts.decisions import DecisionRecord, RollbackState, WritebackState
+from contracts.decisions import DecisionRecord, RollbackState, WritebackEntry, WritebackState
 from contracts.events import DECISION_MADE, DECISION_ROLLED_BACK, DecisionMade, DecisionRolledBack
 from writeback.config import WritebackConfig
 
@@ -57,16 +57,22 @@ WITH incoming AS (
         subject_id, decided_at, record, event_id, message_key, payload, ord
     )
 ),
+-- The first of each (caller, request_id) wins, in this batch and across batches.
+claimed AS (
+    INSERT INTO decision_requests (caller, request_id, decision_id)
+    SELECT caller, request_id, decision_id FROM incoming ORDER BY ord
+    ON CONFLICT (caller, request_id) DO NOTHING
+    RETURNING decision_id, committed_at
+),
 inserted AS (
     INSERT INTO decisions (
         decision_id, caller, request_id, model_name, model_version, subject_entity,
-        subject_id, decided_at, record
+        subject_id, decided_at, committed_at, record
     )
-    SELECT decision_id, caller, request_id, model_name, model_version, subject_entity,
-           subject_id, decided_at, record
-    FROM incoming
-    ORDER BY ord
-    ON CONFLICT (caller, request_id) DO NOTHING
+    SELECT i.decision_id, i.caller, i.request_id, i.model_name, i.model_version,
+           i.subject_entity, i.subject_id, i.decided_at, c.committed_at, i.record
+    FROM incoming AS i JOIN claimed AS c USING (decision_id)
+    ORDER BY i.ord
     RETURNING decision_id, committed_at
 ),
 queued AS (
@@ -74,7 +80,11 @@ queued AS (
     SELECT i.event_id, i.decision_id, $13, $14, i.message_key, i.payload, i.decided_at
     FROM incoming AS i JOIN inserted USING (decision_id)
     ORDER BY i.ord
-    RETURNING decision_id, event_id, created_at
+    RETURNING decision_id, event_id, event_type, topic, created_at
+),
+logged AS (
+    INSERT INTO writeback_timeline (event_id, decision_id, event_type, stage, at, topic)
+    SELECT event_id, decision_id, event_type, 'committed', created_at, topic FROM queued
 ),
 notified AS (
     SELECT pg_notify('scoregate_outbox', '') FROM (SELECT 1 FROM queued LIMIT 1) AS any_queued
@@ -86,8 +96,8 @@ LEFT JOIN notified ON true
 """
 
 
-def _record_query(condition: str) -> str:
-    # `condition` is one of the constants below, never caller input.
+def _record_query(source: str, condition: str) -> str:
+    # `source` and `condition` are constants below, never caller input.
     return f"""
 SELECT d.record, d.committed_at,
        r.reason, r.rolled_back_by, r.rolled_back_at, r.event_id AS rollback_event_id,
@@ -95,17 +105,29 @@ SELECT d.record, d.committed_at,
                    'event_id', o.event_id, 'type', o.event_type, 'status', o.status,
                    'attempts', o.attempts, 'topic', o.topic, 'created_at', o.created_at,
                    'partition', o."partition", 'offset', o."offset",
-                   'delivered_at', o.delivered_at, 'last_error', o.last_error)
+                   'delivered_at', o.delivered_at, 'last_error', o.last_error,
+                   'dead_lettered_at', o.dead_lettered_at, 'redrives', o.redrives)
                ORDER BY o.seq)
-        FROM outbox AS o WHERE o.decision_id = d.decision_id) AS writeback
-FROM decisions AS d
+        FROM outbox AS o WHERE o.decision_id = d.decision_id) AS writeback,
+       (SELECT jsonb_agg(jsonb_build_object(
+                   'event_id', t.event_id, 'type', t.event_type, 'stage', t.stage,
+                   'at', t.at, 'topic', t.topic, 'attempts', t.attempts,
+                   'partition', t."partition", 'offset', t."offset", 'error', t.error,
+                   'actor', t.actor)
+               ORDER BY t.seq)
+        FROM writeback_timeline AS t WHERE t.decision_id = d.decision_id) AS timeline
+FROM {source}
 LEFT JOIN rollbacks AS r ON r.decision_id = d.decision_id
 WHERE {condition}
 """  # noqa: S608
 
 
-_GET = _record_query("d.decision_id = $1")
-_FIND_BY_REQUEST = _record_query("d.caller = $1 AND d.request_id = $2")
+_GET = _record_query("decisions AS d", "d.decision_id = $1")
+_FIND_BY_REQUEST = _record_query(
+    "decision_requests AS q JOIN decisions AS d"
+    " ON d.decision_id = q.decision_id AND d.committed_at = q.committed_at",
+    "q.caller = $1 AND q.request_id = $2",
+)
 
 _DECISION_FOR_ROLLBACK = """
 SELECT d.record, o.message_key, o.topic
@@ -131,8 +153,13 @@ FROM rollbacks WHERE decision_id = $1
 """
 
 _QUEUE_EVENT = """
-INSERT INTO outbox (event_id, decision_id, event_type, topic, message_key, payload, event_time)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
+WITH queued AS (
+    INSERT INTO outbox (event_id, decision_id, event_type, topic, message_key, payload, event_time)
+    VALUES ($1, $2, $3, $4, $5, $6, $7)
+    RETURNING event_id, decision_id, event_type, topic, created_at
+)
+INSERT INTO writeback_timeline (event_id, decision_id, event_type, stage, at, topic)
+SELECT event_id, decision_id, event_type, 'committed', created_at, topic FROM queued
 """
 
 _NOTIFY = "SELECT pg_notify('scoregate_outbox', '')"
@@ -187,7 +214,10 @@ def _rollback_state(row: asyncpg.Record) -> RollbackState:
 
 def _record_from_row(row: asyncpg.Record) -> DecisionRecord:
     record = msgspec.convert(row["record"], DecisionRecord)
-    writeback = msgspec.convert(row["writeback"] or [], list[WritebackState])
+    timeline = msgspec.convert(row["timeline"] or [], list[WritebackEntry])
+    writeback = _writeback_states(
+        msgspec.convert(row["writeback"] or [], list[WritebackState]), timeline
+    )
     rollback = None
     if row["rolled_back_at"] is not None:
         rollback = RollbackState(
@@ -203,6 +233,51 @@ def _record_from_row(row: asyncpg.Record) -> DecisionRecord:
         committed_at=row["committed_at"],
         writeback=writeback,
         rollback=rollback,
+        timeline=timeline,
+    )
+
+
+def _writeback_states(
+    live: list[WritebackState], timeline: list[WritebackEntry]
+) -> list[WritebackState]:
+    """Each event's state: its outbox row while there is one, else from its history.
+
+    Only delivered outbox rows are purged, so an event whose row is gone was
+    delivered; its timeline says when and where.
+    """
+    by_event = {state.event_id: state for state in live}
+    order: list[str] = []
+    history: dict[str, list[WritebackEntry]] = {}
+    for entry in timeline:
+        if entry.event_id not in history:
+            order.append(entry.event_id)
+        history.setdefault(entry.event_id, []).append(entry)
+    for state in live:
+        if state.event_id not in history:
+            order.append(state.event_id)
+    return [
+        by_event[event_id] if event_id in by_event else _state_from_history(history[event_id])
+        for event_id in order
+    ]
+
+
+def _state_from_history(entries: list[WritebackEntry]) -> WritebackState:
+    first = entries[0]
+    published = next((e for e in reversed(entries) if e.stage == "published"), None)
+    dead = next((e for e in reversed(entries) if e.stage == "dead_lettered"), None)
+    return WritebackState(
+        event_id=first.event_id,
+        type=first.type,
+        status="delivered" if published is not None else "pending",
+        attempts=max(entry.attempts for entry in entries),
+        topic=published.topic if published is not None else first.topic,
+        created_at=first.at,
+        partition=None if published is None else published.partition,
+        offset=None if published is None else published.offset,
+        delivered_at=None if published is None else published.at,
+        last_error=None if dead is None else dead.error,
+        dead_lettered_at=None if dead is None else dead.at,
+        redrives=sum(1 for entry in entries if entry.stage == "redriven"),
     )
 
 
@@ -274,7 +349,7 @@ class AuditStore:
         if self._writer is None or self._closing:
             raise AuditUnavailable("the audit store is not running")
         stored = msgspec.structs.replace(
-            record, status="made", committed_at=None, writeback=[], rollback=None
+            record, status="made", committed_at=None, writeback=[], rollback=None, timeline=[]
         )
         pending = _PendingCommit(
             record=stored,
@@ -312,7 +387,8 @@ class AuditStore:
         """A decision record with its live state filled in.
 
         ``committed_at`` comes from the row, ``status`` and ``rollback`` from the
-        rollback row if any, ``writeback`` from the decision's outbox rows.
+        rollback row if any, ``writeback`` from the decision's outbox rows (or, once
+        they are purged, from its timeline), ``timeline`` from the write-back history.
 
         Args:
             decision_id: The decision's UUID.
@@ -499,8 +575,18 @@ class AuditStore:
             topic=self._config.topic,
             created_at=row["created_at"],
         )
+        committed = WritebackEntry(
+            event_id=state.event_id,
+            type=DECISION_MADE,
+            stage="committed",
+            at=state.created_at,
+            topic=state.topic,
+        )
         return msgspec.structs.replace(
-            pending.record, committed_at=row["committed_at"], writeback=[state]
+            pending.record,
+            committed_at=row["committed_at"],
+            writeback=[state],
+            timeline=[committed],
         )
 
 

@@ -26,6 +26,19 @@ class WritebackConfig(msgspec.Struct, frozen=True):
         commit_max_batch: Decisions one group-commit transaction takes at most.
         publish_timeout_ms: Bound of one publish call (and of the producer's own
             delivery timeout), so a down broker cannot stall a relay cycle.
+        relay_max_attempts: Failures of one event, of a kind a retry might fix, after
+            which it goes to the dead-letter topic. A broker outage does not count:
+            events wait it out in the outbox.
+        dlq_topic: The dead-letter topic (default: ``<topic>.dlq``).
+        max_message_bytes: The largest record the producer sends (its
+            ``max_request_size``); a larger event is dead-lettered at once.
+        outbox_retention_hours: How long delivered outbox rows are kept; their
+            history stays in the write-back timeline.
+        decision_retention_days: How long decision records and their timeline are
+            kept at least; whole month partitions are dropped once past it.
+        partitions_ahead_months: Month partitions kept ready beyond the current one.
+        maintenance_interval_s: How often a gateway runs retention and partition
+            upkeep (0: never; run ``scoregate maintain`` from a scheduler instead).
     """
 
     database_url: str
@@ -42,6 +55,13 @@ class WritebackConfig(msgspec.Struct, frozen=True):
     pool_max_size: int = 10
     commit_max_batch: int = 256
     publish_timeout_ms: int = 30000
+    relay_max_attempts: int = 10
+    dlq_topic: str = ""
+    max_message_bytes: int = 1048576
+    outbox_retention_hours: float = 24.0
+    decision_retention_days: int = 190
+    partitions_ahead_months: int = 3
+    maintenance_interval_s: float = 3600.0
 
     def __post_init__(self) -> None:
         """Reject settings the relay or the pool cannot work with."""
@@ -54,6 +74,9 @@ class WritebackConfig(msgspec.Struct, frozen=True):
             "pool_max_size": self.pool_max_size,
             "commit_max_batch": self.commit_max_batch,
             "publish_timeout_ms": self.publish_timeout_ms,
+            "relay_max_attempts": self.relay_max_attempts,
+            "max_message_bytes": self.max_message_bytes,
+            "decision_retention_days": self.decision_retention_days,
         }
         for name, value in positive.items():
             if value < 1:
@@ -65,3 +88,17 @@ class WritebackConfig(msgspec.Struct, frozen=True):
             )
         if not self.topic:
             raise ValueError("topic must not be empty")
+        if self.dead_letter_topic == self.topic:
+            raise ValueError("the dead-letter topic must differ from the outcome topic")
+        for name, number in {
+            "outbox_retention_hours": self.outbox_retention_hours,
+            "partitions_ahead_months": self.partitions_ahead_months,
+            "maintenance_interval_s": self.maintenance_interval_s,
+        }.items():
+            if number < 0:
+                raise ValueError(f"{name} must not be negative, got {number}")
+
+    @property
+    def dead_letter_topic(self) -> str:
+        """Where dead letters go: ``dlq_topic``, or ``<topic>.dlq`` when it is empty."""
+        return self.dlq_topic or f"{self.topic}.dlq"

@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 from aiokafka import AIOKafkaProducer
+from aiokafka import errors as kafka_errors
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import TopicAlreadyExistsError, for_code
@@ -24,6 +25,72 @@ logger = logging.getLogger(__name__)
 
 # More replicas than this buys little for an event topic; fewer brokers cap it.
 _MAX_REPLICATION = 3
+
+
+FailureKind = Literal["transient", "non_retriable", "retriable"]
+"""How a failed publish is handled.
+
+``transient``: the broker or the network, not the event (unreachable, timed out,
+leader moving); retried without limit, since dead-lettering would move a whole
+outage's backlog. ``non_retriable``: the event can never be taken as it is (too
+large, not serialisable, not authorised, invalid topic); dead-lettered at once.
+``retriable``: anything else; retried up to the relay's attempt limit.
+"""
+
+# Errors about the record or the permission to write it: no retry changes them.
+_NON_RETRIABLE: tuple[type[BaseException], ...] = (
+    kafka_errors.MessageSizeTooLargeError,
+    kafka_errors.RecordListTooLargeError,
+    kafka_errors.RecordTooLargeError,
+    kafka_errors.InvalidTopicError,
+    kafka_errors.TopicAuthorizationFailedError,
+    kafka_errors.ClusterAuthorizationFailedError,
+    kafka_errors.CorruptRecordException,
+    kafka_errors.InvalidTimestampError,
+    kafka_errors.UnsupportedForMessageFormatError,
+    kafka_errors.PolicyViolationError,
+    # What the producer raises for a key, value or header it cannot serialise.
+    TypeError,
+    ValueError,
+    msgspec.EncodeError,
+)
+# aiokafka marks most outage errors `retriable`; these it does not, but they are too.
+_TRANSIENT: tuple[type[BaseException], ...] = (
+    kafka_errors.KafkaTimeoutError,
+    kafka_errors.KafkaUnavailableError,
+    kafka_errors.ProducerClosed,
+    TimeoutError,
+    OSError,
+    asyncio.CancelledError,
+)
+
+
+def failure_kind(error: BaseException) -> FailureKind:
+    """Whether a publish failure is the broker's, the event's for good, or unclear.
+
+    Args:
+        error: What ``KafkaPublisher.publish`` reported for one message.
+
+    Returns:
+        The failure's :data:`FailureKind`.
+    """
+    if isinstance(error, _NON_RETRIABLE):
+        return "non_retriable"
+    if isinstance(error, _TRANSIENT):
+        return "transient"
+    if isinstance(error, kafka_errors.KafkaError) and error.retriable:
+        return "transient"
+    return "retriable"
+
+
+def is_too_large(error: BaseException) -> bool:
+    """Whether a publish failed because the record exceeds a size limit."""
+    return isinstance(
+        error,
+        kafka_errors.MessageSizeTooLargeError
+        | kafka_errors.RecordListTooLargeError
+        | kafka_errors.RecordTooLargeError,
+    )
 
 
 class OutgoingMessage(msgspec.Struct, frozen=True, kw_only=True):
@@ -94,6 +161,7 @@ class KafkaPublisher:
                 enable_idempotence=self._config.idempotent_producer,
                 # Deliveries expire in step with `publish`, not minutes after it gave up.
                 request_timeout_ms=self._config.publish_timeout_ms,
+                max_request_size=self._config.max_message_bytes,
             )
             try:
                 async with asyncio.timeout(self._timeout):

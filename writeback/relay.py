@@ -6,6 +6,10 @@ them as CloudEvents in binary mode, and records each outcome before committing.
 Several relays may run at once: ``FOR UPDATE SKIP LOCKED`` splits the work and the
 head-of-queue rule keeps each key's order across them and across failures.
 
+An event that cannot be published goes to the dead-letter topic with error headers
+(see :class:`OutboxRelay`); an operator redrives it with
+:class:`writeback.dead_letters.DeadLetterQueue`.
+
 The relay wakes on ``NOTIFY scoregate_outbox`` (sent by every transaction that
 queues an event) and polls as a fallback.
 """
@@ -15,26 +19,34 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
+import socket
+import time
+import traceback
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 
+from writeback import metrics
 from writeback.audit_store import NOTIFY_CHANNEL
 from writeback.config import WritebackConfig
-from writeback.kafka import KafkaPublisher, OutgoingMessage
+from writeback.kafka import KafkaPublisher, OutgoingMessage, failure_kind, is_too_large
 
 logger = logging.getLogger(__name__)
 
 _LAST_ERROR_MAX_CHARS = 2000
+_STACKTRACE_MAX_CHARS = 8000
 _LISTEN_PROBE_INTERVAL_S = 30.0
 _LISTEN_PROBE_TIMEOUT_S = 5.0
 
 _CLAIM = """
 SELECT o.seq, o.event_id, o.decision_id, o.event_type, o.topic, o.message_key, o.payload,
-       o.event_time, o.attempts
+       o.event_time, o.created_at, o.attempts, o.failures, o.error_class, o.last_error,
+       o.first_failed_at, o.last_failed_at, o.dead_letter_reason
 FROM outbox AS o
 WHERE o.status = 'pending'
   AND o.next_attempt_at <= now()
@@ -47,25 +59,70 @@ LIMIT $1
 FOR UPDATE OF o SKIP LOCKED
 """
 
+# Records each claimed row's outcome, appends published and dead-lettered events to
+# the timeline, and returns the commit-to-publish delay of each delivered event
+# (both ends on PostgreSQL's clock).
 _RECORD_OUTCOMES = """
-UPDATE outbox AS o SET
-    status = CASE WHEN u.delivered THEN 'delivered' ELSE o.status END,
-    "partition" = COALESCE(u.partition, o."partition"),
-    "offset" = COALESCE(u.record_offset, o."offset"),
-    delivered_at = CASE WHEN u.delivered THEN now() ELSE o.delivered_at END,
-    attempts = o.attempts + 1,
-    last_error = COALESCE(u.error, o.last_error),
-    next_attempt_at = CASE
-        WHEN u.delivered THEN o.next_attempt_at
-        ELSE now() + u.backoff_ms * interval '1 millisecond'
-    END
-FROM unnest($1::bigint[], $2::boolean[], $3::integer[], $4::bigint[], $5::text[], $6::float8[])
-    AS u(seq, delivered, partition, record_offset, error, backoff_ms)
-WHERE o.seq = u.seq
+WITH u AS (
+    SELECT * FROM unnest(
+        $1::bigint[], $2::text[], $3::boolean[], $4::integer[], $5::bigint[], $6::text[],
+        $7::text[], $8::timestamptz[], $9::integer[], $10::text[], $11::float8[],
+        $12::integer[], $13::bigint[]
+    ) AS u(seq, status, attempted, partition, record_offset, error, error_class, failed_at,
+           failures, dead_letter_reason, backoff_ms, dlq_partition, dlq_offset)
+),
+updated AS (
+    UPDATE outbox AS o SET
+        status = u.status,
+        attempts = o.attempts + u.attempted::integer,
+        "partition" = COALESCE(u.partition, o."partition"),
+        "offset" = COALESCE(u.record_offset, o."offset"),
+        delivered_at = CASE
+            WHEN u.status = 'delivered' THEN clock_timestamp() ELSE o.delivered_at END,
+        failures = u.failures,
+        last_error = COALESCE(u.error, o.last_error),
+        error_class = COALESCE(u.error_class, o.error_class),
+        first_failed_at = COALESCE(o.first_failed_at, u.failed_at),
+        last_failed_at = COALESCE(u.failed_at, o.last_failed_at),
+        dead_letter_reason = u.dead_letter_reason,
+        dead_lettered_at = CASE
+            WHEN u.status = 'dead_lettered' THEN clock_timestamp() ELSE o.dead_lettered_at END,
+        dlq_topic = CASE WHEN u.status = 'dead_lettered' THEN $14 ELSE o.dlq_topic END,
+        dlq_partition = COALESCE(u.dlq_partition, o.dlq_partition),
+        dlq_offset = COALESCE(u.dlq_offset, o.dlq_offset),
+        next_attempt_at = CASE
+            WHEN u.status = 'pending' THEN now() + u.backoff_ms * interval '1 millisecond'
+            ELSE o.next_attempt_at
+        END
+    FROM u
+    WHERE o.seq = u.seq
+    RETURNING o.event_id, o.decision_id, o.event_type, o.status, o.attempts, o.topic,
+              o."partition", o."offset", o.delivered_at, o.created_at, o.last_error,
+              o.dlq_topic, o.dlq_partition, o.dlq_offset, o.dead_lettered_at
+),
+logged AS (
+    INSERT INTO writeback_timeline (
+        event_id, decision_id, event_type, stage, at, attempts, topic, "partition", "offset",
+        error, actor
+    )
+    SELECT event_id, decision_id, event_type, 'published', delivered_at, attempts, topic,
+           "partition", "offset", NULL, $15
+    FROM updated WHERE status = 'delivered'
+    UNION ALL
+    SELECT event_id, decision_id, event_type, 'dead_lettered', dead_lettered_at, attempts,
+           dlq_topic, dlq_partition, dlq_offset, last_error, $15
+    FROM updated WHERE status = 'dead_lettered'
+)
+SELECT extract(epoch FROM delivered_at - created_at)::float8 AS delay
+FROM updated WHERE status = 'delivered'
 """
 
 _CONTENT_TYPE = b"application/json"
 _SPEC_VERSION = b"1.0"
+ERROR_HEADER_PREFIX = "scoregate.errors."
+"""Prefix of the error headers on dead letters (Kafka Connect uses ``__connect.errors.``)."""
+_STAGE = b"produce"
+_RELAY_CLASS = f"{__name__}.OutboxRelay".encode()
 
 
 def _rfc3339(moment: datetime) -> str:
@@ -77,18 +134,48 @@ def _describe(error: BaseException) -> str:
     return text[:_LAST_ERROR_MAX_CHARS]
 
 
+def _class_name(error: BaseException) -> str:
+    kind = type(error)
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+@dataclass(slots=True)
+class _Outcome:
+    """What became of one claimed row in this cycle."""
+
+    row: asyncpg.Record
+    failures: int
+    dead_letter_reason: str | None
+    status: str = "pending"
+    attempted: bool = False
+    partition: int | None = None
+    offset: int | None = None
+    error: BaseException | None = None
+    failed_at: datetime | None = None
+    backoff_ms: float = 0.0
+    dlq_partition: int | None = None
+    dlq_offset: int | None = None
+
+
 class OutboxRelay:
     """Publishes outbox rows to Kafka, in order per key, until stopped.
+
+    An event that fails in a way no retry can fix, or fails ``relay_max_attempts``
+    times in a way a retry might, goes to the dead-letter topic with error headers
+    and its row becomes ``dead_lettered``; later events of its key wait until it is
+    redriven and delivered. If the dead-letter topic cannot take it either, the
+    event stays pending and is tried there again.
 
     Args:
         pool: The shared pool (claims and outcome updates).
         publisher: The Kafka publisher; the relay starts it lazily but does not
             stop it (its owner does).
-        config: Topic, batch size, poll interval and backoff.
+        config: Topics, batch size, poll interval, backoff and attempt limit.
 
     Attributes:
         published: Events acknowledged by Kafka so far.
         failed: Publish attempts that failed so far.
+        dead_lettered: Events written to the dead-letter topic so far.
     """
 
     def __init__(
@@ -101,10 +188,12 @@ class OutboxRelay:
         self._idle = asyncio.Event()
         self._listening = False
         self._stopping = False
-        self._topic_ready = False
+        self._topics_ready = False
         self._tasks: list[asyncio.Task[None]] = []
+        self._identity = f"relay@{socket.gethostname()}:{os.getpid()}"
         self.published = 0
         self.failed = 0
+        self.dead_lettered = 0
 
     @property
     def running(self) -> bool:
@@ -131,8 +220,9 @@ class OutboxRelay:
         self._tasks = []
         listener.cancel()
         try:
-            # A cycle is bounded by the publish timeout; allow it to record its outcome.
-            await asyncio.wait_for(relay, self._config.publish_timeout_ms / 1000 + 10)
+            # A cycle is bounded by two publish timeouts (the event, then its dead
+            # letter); allow it to record its outcome.
+            await asyncio.wait_for(relay, 2 * self._config.publish_timeout_ms / 1000 + 10)
         except TimeoutError:
             logger.warning("outbox relay did not stop in time; cancelled")
         with contextlib.suppress(asyncio.CancelledError):
@@ -147,7 +237,7 @@ class OutboxRelay:
         """Claim, publish and record one batch of due events.
 
         Returns:
-            How many events were handled (published or failed).
+            How many events were handled (published, dead-lettered or failed).
 
         Raises:
             asyncpg.PostgresError: PostgreSQL failed (nothing is recorded; the
@@ -158,75 +248,229 @@ class OutboxRelay:
             rows = await conn.fetch(_CLAIM, self._config.relay_batch_size)
             if not rows:
                 return 0
-            outcomes = await self._publish(rows)
-            await conn.execute(_RECORD_OUTCOMES, *self._outcome_columns(rows, outcomes))
+            outcomes = await self._deliver(rows)
+            delays = await conn.fetch(
+                _RECORD_OUTCOMES,
+                *self._outcome_columns(outcomes),
+                self._config.dead_letter_topic,
+                self._identity,
+            )
+        for row in delays:
+            metrics.COMMIT_TO_PUBLISH.observe(max(0.0, row["delay"]))
         return len(rows)
 
-    async def _publish(self, rows: Sequence[asyncpg.Record]) -> list[Any]:
+    async def _deliver(self, rows: Sequence[asyncpg.Record]) -> list[_Outcome]:
+        outcomes = [
+            _Outcome(
+                row=row, failures=row["failures"], dead_letter_reason=row["dead_letter_reason"]
+            )
+            for row in rows
+        ]
+        now = datetime.now(UTC)
+        unreachable = await self._ensure_topics()
+        if unreachable is not None:
+            logger.warning("Kafka unavailable, %d events wait: %r", len(rows), unreachable)
+            for outcome in outcomes:
+                outcome.attempted = outcome.dead_letter_reason is None
+                self._failed(outcome, unreachable, now)
+            for outcome in outcomes:
+                outcome.backoff_ms = self._backoff_ms(outcome.row["attempts"])
+            return outcomes
+        await self._publish_events([o for o in outcomes if o.dead_letter_reason is None], now)
+        bound = [o for o in outcomes if o.status == "pending" and o.dead_letter_reason]
+        if bound:
+            await self._publish_dead_letters(bound, now)
+        for outcome in outcomes:
+            if outcome.status == "pending":
+                outcome.backoff_ms = self._backoff_ms(outcome.row["attempts"])
+        failures = sum(1 for outcome in outcomes if outcome.status == "pending")
+        if failures:
+            logger.warning(
+                "%d of %d events are not delivered yet; they will be retried",
+                failures,
+                len(outcomes),
+            )
+        return outcomes
+
+    async def _ensure_topics(self) -> BaseException | None:
+        """Create the outcome and dead-letter topics once per broker session.
+
+        Returns:
+            The error if the broker cannot be reached (every event then waits);
+            None otherwise, also when creating a topic was refused, since it may
+            exist already and publishing will tell.
+        """
+        if self._topics_ready:
+            return None
         try:
             await self._publisher.ensure_started()
-            if not self._topic_ready:
-                await self._publisher.ensure_topic(
-                    self._config.topic, self._config.topic_partitions
-                )
-                self._topic_ready = True
+            for topic in (self._config.topic, self._config.dead_letter_topic):
+                await self._publisher.ensure_topic(topic, self._config.topic_partitions)
         except Exception as exc:
-            logger.warning("Kafka unavailable, %d events wait: %r", len(rows), exc)
-            return [exc] * len(rows)
-        outcomes = await self._publisher.publish([self._message(row) for row in rows])
-        if all(isinstance(outcome, BaseException) for outcome in outcomes):
-            # Probably a broker outage; a broker that comes back may have lost the topic.
-            self._topic_ready = False
-        return outcomes
+            if failure_kind(exc) == "transient":
+                return exc
+            logger.warning("could not create the topics (%r); publishing anyway", exc)
+        self._topics_ready = True
+        return None
+
+    async def _publish_events(self, outcomes: list[_Outcome], now: datetime) -> None:
+        if not outcomes:
+            return
+        started = time.perf_counter()
+        results = await self._publisher.publish([self._message(o.row) for o in outcomes])
+        metrics.PUBLISH_DURATION.observe(time.perf_counter() - started)
+        for outcome, result in zip(outcomes, results, strict=True):
+            outcome.attempted = True
+            if isinstance(result, BaseException):
+                self._failed(outcome, result, now)
+            else:
+                outcome.status = "delivered"
+                outcome.partition = result.partition
+                outcome.offset = result.offset
+                self.published += 1
+                metrics.EVENTS_PUBLISHED.inc()
+        if all(isinstance(result, BaseException) for result in results):
+            # Probably a broker outage; a broker that comes back may have lost the topics.
+            self._topics_ready = False
+
+    def _failed(self, outcome: _Outcome, error: BaseException, now: datetime) -> None:
+        kind = failure_kind(error)
+        self.failed += 1
+        metrics.PUBLISH_FAILURES.labels(kind=kind).inc()
+        outcome.error = error
+        outcome.failed_at = now
+        if kind == "non_retriable":
+            outcome.dead_letter_reason = "non_retriable"
+        elif kind == "retriable":
+            outcome.failures += 1
+            if outcome.failures >= self._config.relay_max_attempts:
+                outcome.dead_letter_reason = "attempts_exhausted"
+
+    async def _publish_dead_letters(self, outcomes: list[_Outcome], now: datetime) -> None:
+        messages = [self._dead_letter(o, now, with_value=True) for o in outcomes]
+        results = await self._publisher.publish(messages)
+        # A value the outcome topic refused as too large may not fit the dead-letter
+        # topic either: send the rest; the value stays in the outbox for a redrive.
+        too_large = [
+            index
+            for index, result in enumerate(results)
+            if isinstance(result, BaseException) and is_too_large(result)
+        ]
+        if too_large:
+            retried = await self._publisher.publish(
+                [self._dead_letter(outcomes[i], now, with_value=False) for i in too_large]
+            )
+            for index, result in zip(too_large, retried, strict=True):
+                results[index] = result
+        for outcome, result in zip(outcomes, results, strict=True):
+            if isinstance(result, BaseException):
+                logger.warning(
+                    "dead-letter topic %s refused event %s (%r); it stays pending",
+                    self._config.dead_letter_topic,
+                    outcome.row["event_id"],
+                    result,
+                )
+                continue
+            outcome.status = "dead_lettered"
+            outcome.dlq_partition = result.partition
+            outcome.dlq_offset = result.offset
+            self.dead_lettered += 1
+            reason = outcome.dead_letter_reason or "non_retriable"
+            metrics.EVENTS_DEAD_LETTERED.labels(reason=reason).inc()
+            logger.error(
+                "event %s dead-lettered to %s (%s): %s",
+                outcome.row["event_id"],
+                self._config.dead_letter_topic,
+                reason,
+                outcome.row["last_error"] if outcome.error is None else _describe(outcome.error),
+            )
+
+    def _cloudevent_headers(self, row: asyncpg.Record) -> list[tuple[str, bytes]]:
+        return [
+            ("ce_specversion", _SPEC_VERSION),
+            ("ce_id", str(row["event_id"]).encode()),
+            ("ce_type", row["event_type"].encode()),
+            ("ce_source", self._config.event_source.encode()),
+            ("ce_time", _rfc3339(row["event_time"]).encode()),
+            ("ce_subject", str(row["decision_id"]).encode()),
+            ("content-type", _CONTENT_TYPE),
+        ]
 
     def _message(self, row: asyncpg.Record) -> OutgoingMessage:
         return OutgoingMessage(
             topic=row["topic"],
             key=row["message_key"].encode(),
             value=row["payload"],
-            headers=[
-                ("ce_specversion", _SPEC_VERSION),
-                ("ce_id", str(row["event_id"]).encode()),
-                ("ce_type", row["event_type"].encode()),
-                ("ce_source", self._config.event_source.encode()),
-                ("ce_time", _rfc3339(row["event_time"]).encode()),
-                ("ce_subject", str(row["decision_id"]).encode()),
-                ("content-type", _CONTENT_TYPE),
-            ],
+            headers=self._cloudevent_headers(row),
         )
 
-    def _outcome_columns(
-        self, rows: Sequence[asyncpg.Record], outcomes: Sequence[Any]
-    ) -> tuple[list[Any], ...]:
+    def _dead_letter(
+        self, outcome: _Outcome, now: datetime, *, with_value: bool
+    ) -> OutgoingMessage:
+        """The event as it is, plus error headers carrying what Kafka Connect's do."""
+        row = outcome.row
+        error = outcome.error
+        if error is not None:
+            error_class = _class_name(error)
+            message = str(error) or type(error).__name__
+            stacktrace = "".join(traceback.format_exception(error))[:_STACKTRACE_MAX_CHARS]
+        else:
+            # Bound for this topic in an earlier cycle: the stored error is the cause.
+            error_class = row["error_class"] or ""
+            message = row["last_error"] or ""
+            stacktrace = ""
+        first = row["first_failed_at"] or outcome.failed_at or now
+        last = outcome.failed_at or row["last_failed_at"] or now
+        attempts = row["attempts"] + int(outcome.attempted)
+        errors = {
+            "topic": row["topic"],
+            "outbox.seq": str(row["seq"]),
+            "relay.id": self._identity,
+            "stage": _STAGE.decode(),
+            "class.name": _RELAY_CLASS.decode(),
+            "exception.class.name": error_class,
+            "exception.message": message[:_LAST_ERROR_MAX_CHARS],
+            "exception.stacktrace": stacktrace,
+            "reason": outcome.dead_letter_reason or "non_retriable",
+            "attempts": str(attempts),
+            "first.failure.time": _rfc3339(first),
+            "last.failure.time": _rfc3339(last),
+        }
+        if not with_value:
+            errors["value.omitted"] = "true"
+        headers = self._cloudevent_headers(row)
+        headers += [(ERROR_HEADER_PREFIX + name, value.encode()) for name, value in errors.items()]
+        return OutgoingMessage(
+            topic=self._config.dead_letter_topic,
+            key=row["message_key"].encode(),
+            value=row["payload"] if with_value else b"",
+            headers=headers,
+        )
+
+    @staticmethod
+    def _outcome_columns(outcomes: Sequence[_Outcome]) -> tuple[list[Any], ...]:
         """The parameters of the outcome update: one array per column."""
-        seqs: list[int] = []
-        delivered: list[bool] = []
-        partitions: list[int | None] = []
-        offsets: list[int | None] = []
-        errors: list[str | None] = []
-        backoffs: list[float] = []
-        for row, outcome in zip(rows, outcomes, strict=True):
-            seqs.append(row["seq"])
-            if isinstance(outcome, BaseException):
-                self.failed += 1
-                delivered.append(False)
-                partitions.append(None)
-                offsets.append(None)
-                errors.append(_describe(outcome))
-                backoffs.append(self._backoff_ms(row["attempts"]))
-            else:
-                self.published += 1
-                delivered.append(True)
-                partitions.append(outcome.partition)
-                offsets.append(outcome.offset)
-                errors.append(None)
-                backoffs.append(0.0)
-        failures = len(rows) - delivered.count(True)
-        if failures:
-            logger.warning(
-                "%d of %d events failed to publish; they will be retried", failures, len(rows)
+        columns: tuple[list[Any], ...] = tuple([] for _ in range(13))
+        for outcome in outcomes:
+            error = outcome.error
+            values = (
+                outcome.row["seq"],
+                outcome.status,
+                outcome.attempted,
+                outcome.partition,
+                outcome.offset,
+                None if error is None else _describe(error),
+                None if error is None else _class_name(error),
+                outcome.failed_at,
+                outcome.failures,
+                outcome.dead_letter_reason,
+                outcome.backoff_ms,
+                outcome.dlq_partition,
+                outcome.dlq_offset,
             )
-        return seqs, delivered, partitions, offsets, errors, backoffs
+            for column, value in zip(columns, values, strict=True):
+                column.append(value)
+        return columns
 
     def _backoff_ms(self, attempts: int) -> float:
         # Capped exponential backoff with "equal jitter": at least half the delay,

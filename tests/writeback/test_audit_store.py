@@ -366,7 +366,10 @@ async def test_get_fills_in_live_state(store: AuditStore, pool: asyncpg.Pool) ->
     assert state.delivered_at is not None
     assert state.created_at == committed.writeback[0].created_at
     assert state.last_error == "KafkaConnectionError: down"
-    assert msgspec.structs.replace(found, committed_at=None, writeback=[]) == record
+    assert [(entry.stage, entry.event_id) for entry in found.timeline] == [
+        ("committed", state.event_id)
+    ]
+    assert msgspec.structs.replace(found, committed_at=None, writeback=[], timeline=[]) == record
     assert await store.find_by_request(record.caller, record.request_id) == found
 
 

@@ -13,6 +13,8 @@ from writeback.migrate import ensure_database, migrate
 
 pytestmark = pytest.mark.services
 
+MIGRATIONS = ["001_decisions.sql", "002_retention_and_dead_letters.sql"]
+
 
 def _sibling_dsn(database_url: str, name: str) -> str:
     base, _, _ = database_url.rpartition("/")
@@ -45,8 +47,15 @@ async def test_migrate_again_applies_nothing(database_url: str) -> None:
         }
     finally:
         await conn.close()
-    assert [row["name"] for row in names] == ["001_decisions.sql"]
-    assert {"decisions", "rollbacks", "outbox", "schema_migrations"} <= tables
+    assert [row["name"] for row in names] == MIGRATIONS
+    assert {
+        "decisions",
+        "decision_requests",
+        "rollbacks",
+        "outbox",
+        "writeback_timeline",
+        "schema_migrations",
+    } <= tables
 
 
 async def test_ensure_database_creates_once(unmigrated_dsn: str) -> None:
@@ -59,13 +68,13 @@ async def test_concurrent_starters_apply_each_migration_once(unmigrated_dsn: str
 
     results = await asyncio.gather(*(migrate(unmigrated_dsn) for _ in range(6)))
 
-    assert sorted(results) == [[], [], [], [], [], ["001_decisions.sql"]]
+    assert sorted(results) == [[], [], [], [], [], MIGRATIONS]
     conn = await asyncpg.connect(unmigrated_dsn)
     try:
         count = await conn.fetchval("SELECT count(*) FROM schema_migrations")
     finally:
         await conn.close()
-    assert count == 1
+    assert count == len(MIGRATIONS)
 
 
 async def test_schema_rejects_unknown_delivery_status(database_url: str) -> None:
