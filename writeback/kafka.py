@@ -27,14 +27,14 @@ logger = logging.getLogger(__name__)
 _MAX_REPLICATION = 3
 
 
-FailureKind = Literal["transient", "non_retriable", "retriable"]
+FailureKind = Literal["transient", "non_retriable", "counted"]
 """How a failed publish is handled.
 
 ``transient``: the broker or the network, not the event (unreachable, timed out,
 leader moving); retried without limit, since dead-lettering would move a whole
 outage's backlog. ``non_retriable``: the event can never be taken as it is (too
 large, not serialisable, not authorised, invalid topic); dead-lettered at once.
-``retriable``: anything else; retried up to the relay's attempt limit.
+``counted``: anything else; retried, and counted towards the relay's attempt limit.
 """
 
 # Errors about the record or the permission to write it: no retry changes them.
@@ -80,7 +80,7 @@ def failure_kind(error: BaseException) -> FailureKind:
         return "transient"
     if isinstance(error, kafka_errors.KafkaError) and error.retriable:
         return "transient"
-    return "retriable"
+    return "counted"
 
 
 def is_too_large(error: BaseException) -> bool:

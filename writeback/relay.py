@@ -341,7 +341,7 @@ class OutboxRelay:
         outcome.failed_at = now
         if kind == "non_retriable":
             outcome.dead_letter_reason = "non_retriable"
-        elif kind == "retriable":
+        elif kind == "counted":
             outcome.failures += 1
             if outcome.failures >= self._config.relay_max_attempts:
                 outcome.dead_letter_reason = "attempts_exhausted"

@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
 import uuid
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import UTC, datetime
 
 import asyncpg
 import msgspec
 import pytest
 
-from contracts.decisions import DecisionRecord, StageTimings, Subject, WritebackState
-from contracts.events import DECISION_MADE, DECISION_ROLLED_BACK, DecisionMade, OutcomeEvent
-from contracts.features import FeatureValue, Lineage
-from contracts.scoring import ModelRef, ScoreRequest
+from contracts.decisions import DecisionRecord, WritebackState
+from contracts.events import DECISION_MADE, DECISION_ROLLED_BACK, OutcomeEvent
+from tests.system.tcp_proxy import TcpProxy
+from tests.writeback.conftest import commit, make_event, make_record
 from writeback.audit_store import AuditStore, AuditUnavailable
 from writeback.config import WritebackConfig
 from writeback.pool import create_pool
@@ -27,148 +23,9 @@ pytestmark = pytest.mark.services
 event_decoder = msgspec.json.Decoder(OutcomeEvent)
 
 
-def make_record(**overrides: Any) -> DecisionRecord:
-    """A complete decision record; keyword arguments replace fields."""
-    now = datetime.now(UTC)
-    customer = overrides.pop("customer", "c-1")
-    request_id = overrides.pop("request_id", f"req-{uuid.uuid4().hex[:8]}")
-    lineage_id = f"lin-{uuid.uuid4().hex[:8]}"
-    fields: dict[str, Any] = {
-        "decision_id": str(uuid.uuid4()),
-        "request_id": request_id,
-        "caller": "scorer-a",
-        "model": ModelRef(name="credit", version="3"),
-        "model_endpoint": "http://127.0.0.1:8081/v2/models/credit/versions/3/infer",
-        "registry_digest": "sha256:0f0f",
-        "subject": Subject(entity="customer", key="customer_id", id=customer),
-        "request": ScoreRequest(
-            model="credit",
-            entities={"customer_id": customer},
-            request_id=request_id,
-            context={"amount": 120.5},
-        ),
-        "outputs": {"predict": [0.12]},
-        "decision": "approve",
-        "decision_rule": "predict < 0.5",
-        "degraded": False,
-        "features": {
-            "txn_count_7d": FeatureValue(
-                value=4,
-                status="fresh",
-                source="online_store",
-                event_time=now - timedelta(seconds=30),
-                ingested_at=now - timedelta(seconds=29),
-                staleness_ms=30000,
-                max_staleness_ms=60000,
-                lineage_id=lineage_id,
-                schema_version=1,
-            ),
-            "amount": FeatureValue(value=120.5, status="request", source="request"),
-        },
-        "lineage": {
-            lineage_id: Lineage(
-                lineage_id=lineage_id,
-                kind="push",
-                source_system="payments",
-                source_ref="payments.txn/offset/17",
-                entity="customer",
-                entity_id=customer,
-                event_time=now - timedelta(seconds=30),
-                ingested_at=now - timedelta(seconds=29),
-            )
-        },
-        "received_at": now - timedelta(milliseconds=3),
-        "decided_at": now,
-        "timings": StageTimings(online_store_ms=0.4, sources_ms=0.0, model_ms=1.1, total_ms=2.0),
-    }
-    fields.update(overrides)
-    return DecisionRecord(**fields)
-
-
-def make_event(record: DecisionRecord) -> DecisionMade:
-    """The ``decision.made`` event of a record."""
-    return DecisionMade(
-        decision_id=record.decision_id,
-        request_id=record.request_id,
-        model=record.model,
-        subject=record.subject,
-        outputs=record.outputs,
-        decision=record.decision,
-        degraded=record.degraded,
-        features={name: feature.value for name, feature in record.features.items()},
-        decided_at=record.decided_at,
-    )
-
-
-async def commit(store: AuditStore, record: DecisionRecord) -> DecisionRecord:
-    return await store.commit(record, make_event(record), record.subject.id)
-
-
-class TcpProxy:
-    """Forwards a local port to PostgreSQL; stopping it is an outage clients can see."""
-
-    def __init__(self, target_port: int = 5432) -> None:
-        self._target_port = target_port
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port: int = sock.getsockname()[1]
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._pipes: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-        for writer in list(self._writers):
-            writer.transport.abort()
-        for pipe in list(self._pipes):
-            pipe.cancel()
-        await asyncio.gather(*self._pipes, return_exceptions=True)
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._target_port)
-        except OSError:
-            writer.transport.abort()
-            return
-        self._writers.update((writer, up_writer))
-        for source, sink in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pipe(source, sink))
-            self._pipes.add(task)
-            task.add_done_callback(self._pipes.discard)
-
-    async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError, asyncio.CancelledError):
-            while data := await source.read(65536):
-                sink.write(data)
-                await sink.drain()
-        sink.transport.abort()
-        self._writers.discard(sink)
-
-
 @pytest.fixture
 def config(database_url: str, topic: str) -> WritebackConfig:
     return WritebackConfig(database_url=database_url, kafka_bootstrap="127.0.0.1:9", topic=topic)
-
-
-@pytest.fixture
-async def pool(config: WritebackConfig) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(config)
-    yield pool
-    await pool.close()
-
-
-@pytest.fixture
-async def store(pool: asyncpg.Pool, config: WritebackConfig) -> AsyncIterator[AuditStore]:
-    store = AuditStore(pool, config)
-    await store.start()
-    yield store
-    await store.close()
 
 
 async def test_commit_writes_decision_and_outbox_row(
@@ -302,8 +159,7 @@ async def test_commit_without_postgres_raises_and_recovers(
 ) -> None:
     proxy = TcpProxy()
     await proxy.start()
-    base, _, name = database_url.rpartition("/")
-    proxied = f"{base.rpartition('@')[0]}@127.0.0.1:{proxy.port}/{name}"
+    proxied = proxy.dsn(database_url)
     config = WritebackConfig(
         database_url=proxied, kafka_bootstrap="127.0.0.1:9", topic=topic, pool_min_size=1
     )

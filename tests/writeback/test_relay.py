@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -14,7 +13,6 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 
-from contracts.decisions import DecisionRecord, StageTimings, Subject
 from contracts.events import (
     DECISION_MADE,
     DECISION_ROLLED_BACK,
@@ -22,9 +20,8 @@ from contracts.events import (
     DecisionRolledBack,
     OutcomeEvent,
 )
-from contracts.features import FeatureValue
-from contracts.scoring import ModelRef, ScoreRequest
 from gateway.dev.broker import LocalBroker
+from tests.writeback.conftest import commit, make_record
 from writeback.audit_store import AuditStore
 from writeback.config import WritebackConfig
 from writeback.kafka import KafkaPublisher, OutgoingMessage
@@ -34,59 +31,6 @@ from writeback.relay import OutboxRelay
 pytestmark = pytest.mark.services
 
 event_decoder = msgspec.json.Decoder(OutcomeEvent)
-
-
-def make_record(customer: str = "c-1", **overrides: Any) -> DecisionRecord:
-    """A complete decision record; keyword arguments replace fields."""
-    now = datetime.now(UTC)
-    request_id = f"req-{uuid.uuid4().hex[:8]}"
-    fields: dict[str, Any] = {
-        "decision_id": str(uuid.uuid4()),
-        "request_id": request_id,
-        "caller": "scorer-a",
-        "model": ModelRef(name="credit", version="3"),
-        "model_endpoint": "http://127.0.0.1:8081/v2/models/credit/versions/3/infer",
-        "registry_digest": "sha256:0f0f",
-        "subject": Subject(entity="customer", key="customer_id", id=customer),
-        "request": ScoreRequest(
-            model="credit", entities={"customer_id": customer}, request_id=request_id
-        ),
-        "outputs": {"predict": [0.12]},
-        "decision": "approve",
-        "decision_rule": "predict < 0.5",
-        "degraded": False,
-        "features": {
-            "txn_count_7d": FeatureValue(
-                value=4,
-                status="fresh",
-                source="online_store",
-                event_time=now - timedelta(seconds=30),
-                staleness_ms=30000,
-                max_staleness_ms=60000,
-            )
-        },
-        "lineage": {},
-        "received_at": now - timedelta(milliseconds=3),
-        "decided_at": now,
-        "timings": StageTimings(online_store_ms=0.4, sources_ms=0.0, model_ms=1.1, total_ms=2.0),
-    }
-    fields.update(overrides)
-    return DecisionRecord(**fields)
-
-
-async def commit(store: AuditStore, record: DecisionRecord) -> DecisionRecord:
-    event = DecisionMade(
-        decision_id=record.decision_id,
-        request_id=record.request_id,
-        model=record.model,
-        subject=record.subject,
-        outputs=record.outputs,
-        decision=record.decision,
-        degraded=record.degraded,
-        features={name: feature.value for name, feature in record.features.items()},
-        decided_at=record.decided_at,
-    )
-    return await store.commit(record, event, record.subject.id)
 
 
 async def consume(bootstrap: str, topic: str, expected: int, timeout: float = 15.0) -> list[Any]:
@@ -131,21 +75,6 @@ def config(database_url: str, broker: LocalBroker, topic: str) -> WritebackConfi
 
 
 @pytest.fixture
-async def pool(config: WritebackConfig) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(config)
-    yield pool
-    await pool.close()
-
-
-@pytest.fixture
-async def store(pool: asyncpg.Pool, config: WritebackConfig) -> AsyncIterator[AuditStore]:
-    store = AuditStore(pool, config)
-    await store.start()
-    yield store
-    await store.close()
-
-
-@pytest.fixture
 async def make_relay(
     pool: asyncpg.Pool,
 ) -> AsyncIterator[Callable[[WritebackConfig], Awaitable[OutboxRelay]]]:
@@ -162,14 +91,6 @@ async def make_relay(
     for relay, publisher in made:
         await relay.stop()
         await publisher.stop()
-
-
-@pytest.fixture
-async def own_broker() -> AsyncIterator[LocalBroker]:
-    """A broker of this test's own, not started: the test decides when it is up."""
-    local = LocalBroker()
-    yield local
-    await local.stop()
 
 
 async def test_relay_publishes_cloudevents(
