@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from importlib import resources
 
 import asyncpg
 import pytest
@@ -90,5 +91,65 @@ async def test_schema_rejects_unknown_delivery_status(database_url: str) -> None
                 uuid.uuid4(),
                 uuid.uuid4(),
             )
+    finally:
+        await conn.close()
+
+
+async def test_partitioning_migration_keeps_existing_decisions(unmigrated_dsn: str) -> None:
+    await ensure_database(unmigrated_dsn)
+    folder = resources.files("writeback.migrations")
+    conn = await asyncpg.connect(unmigrated_dsn)
+    try:
+        # A database as the first migration left it, with a delivered decision.
+        await conn.execute((folder / MIGRATIONS[0]).read_text())
+        await conn.execute("CREATE TABLE schema_migrations (name text PRIMARY KEY)")
+        await conn.execute("INSERT INTO schema_migrations VALUES ($1)", MIGRATIONS[0])
+        decision_id, event_id = uuid.uuid4(), uuid.uuid4()
+        await conn.execute(
+            """
+            INSERT INTO decisions (decision_id, caller, request_id, model_name, model_version,
+                                   subject_entity, subject_id, decided_at, committed_at, record)
+            VALUES ($1, 'a', 'r-1', 'm', '1', 'customer', 'c-1', now(),
+                    now() - interval '40 days', '{"kept": true}')
+            """,
+            decision_id,
+        )
+        await conn.execute(
+            "INSERT INTO rollbacks VALUES ($1, 'why', 'ops', now(), $2)", decision_id, uuid.uuid4()
+        )
+        await conn.execute(
+            """
+            INSERT INTO outbox (event_id, decision_id, event_type, topic, message_key, payload,
+                                event_time, status, attempts, "partition", "offset", delivered_at)
+            VALUES ($1, $2, 't', 'topic', 'c-1', '\\x7b7d', now(), 'delivered', 1, 0, 5, now())
+            """,
+            event_id,
+            decision_id,
+        )
+
+        assert await migrate(unmigrated_dsn) == MIGRATIONS[1:]
+
+        row = await conn.fetchrow(
+            "SELECT tableoid::regclass::text AS part, record::text FROM decisions"
+        )
+        assert row is not None
+        assert row["part"].startswith("decisions_p")
+        assert row["record"] == '{"kept": true}'
+        assert (
+            await conn.fetchval(
+                "SELECT decision_id FROM decision_requests"
+                " WHERE caller = 'a' AND request_id = 'r-1'"
+            )
+            == decision_id
+        )
+        stages = await conn.fetch(
+            'SELECT stage, "offset" FROM writeback_timeline WHERE event_id = $1 ORDER BY seq',
+            event_id,
+        )
+        assert [(s["stage"], s["offset"]) for s in stages] == [
+            ("committed", None),
+            ("published", 5),
+        ]
+        assert await conn.fetchval("SELECT count(*) FROM rollbacks") == 1
     finally:
         await conn.close()
