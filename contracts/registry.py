@@ -68,7 +68,11 @@ class Source(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 
 
 class Feature(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """A feature: its entity, type, freshness SLA, fallback source and failure policy."""
+    """A feature: its entity, type, freshness SLA, fallback source and failure policy.
+
+    ``include_in_events`` decides whether its value travels in outcome events; by
+    default every feature does except those classified ``pii``.
+    """
 
     name: Name
     entity: Name
@@ -83,6 +87,7 @@ class Feature(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     owner: str = ""
     schema_version: Annotated[int, msgspec.Meta(ge=0)] = 1
     description: str = ""
+    include_in_events: bool | None = None
 
 
 class ContextFeature(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -91,6 +96,7 @@ class ContextFeature(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     name: Name
     dtype: DType
     classification: Classification = "internal"
+    include_in_events: bool | None = None
 
 
 class ModelInput(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -1,4 +1,4 @@
-"""The ``scoregate`` command: serve, relay, migrate, dev, demo."""
+"""The ``scoregate`` command: serve, relay, migrate, maintain, dlq, dev, demo."""
 
 from __future__ import annotations
 
@@ -16,14 +16,22 @@ from typing import Any
 import aiohttp
 import uvicorn
 
+from gateway.auth import ROLES, new_key
 from gateway.registry import RegistryError, load_registry
 from gateway.settings import GatewaySettings
 
 
 def _serve(args: argparse.Namespace) -> int:
     settings = GatewaySettings.from_env()
-    # Check the registry here so a bad file stops start-up with one clear line.
+    # Check here so a bad file or missing keys stop start-up with one clear line.
     load_registry(settings.registry_path)
+    if not settings.api_keys:
+        print(
+            "scoregate: no API keys configured: set SCOREGATE_API_KEYS or"
+            " SCOREGATE_API_KEYS_FILE (scoregate keys new --role admin makes one)",
+            file=sys.stderr,
+        )
+        return 2
     uvicorn.run(
         "gateway.asgi:app_from_env",
         factory=True,
@@ -76,6 +84,52 @@ async def _migrate() -> int:
     return 0
 
 
+async def _dlq(args: argparse.Namespace) -> int:
+    import msgspec
+
+    from writeback.dead_letters import DeadLetterQueue, NotDeadLettered
+    from writeback.pool import create_pool
+
+    config = GatewaySettings.from_env().writeback
+    pool = await create_pool(msgspec.structs.replace(config, pool_min_size=0))
+    try:
+        queue = DeadLetterQueue(pool, config)
+        if args.dlq_command == "list":
+            page = await queue.list(args.limit, args.cursor)
+            print(msgspec.json.format(msgspec.json.encode(page), indent=2).decode())
+            return 0
+        try:
+            letter = await queue.redrive(args.event_id, args.actor)
+        except NotDeadLettered as exc:
+            print(f"scoregate: {exc}", file=sys.stderr)
+            return 1
+        if letter is None:
+            print(f"scoregate: no event {args.event_id}", file=sys.stderr)
+            return 1
+        print(msgspec.json.format(msgspec.json.encode(letter), indent=2).decode())
+        return 0
+    finally:
+        await pool.close()
+
+
+async def _maintain() -> int:
+    import dataclasses
+
+    import msgspec
+
+    from writeback.pool import create_pool
+    from writeback.retention import Retention
+
+    config = GatewaySettings.from_env().writeback
+    pool = await create_pool(msgspec.structs.replace(config, pool_min_size=0))
+    try:
+        report = await Retention(pool, config).run_once()
+    finally:
+        await pool.close()
+    print(json.dumps(dataclasses.asdict(report), indent=2))
+    return 0
+
+
 async def _dev(args: argparse.Namespace) -> int:
     from gateway.dev.stack import DevStack
 
@@ -88,9 +142,13 @@ async def _dev(args: argparse.Namespace) -> int:
         print(f"  postgres:  {stack.env['SCOREGATE_DATABASE_URL']}")
         print(f"  kafka:     {stack.env['SCOREGATE_KAFKA_BOOTSTRAP']}")
         print(f"  logs:      {stack.logs}")
-        print(f"  seeded {seeded} entities; try:")
+        print(f"  seeded {seeded} entities")
+        for role, secret in stack.keys.items():
+            print(f"  {role} key: {secret}")
+        print("try:")
         print(
-            f"  curl -s {stack.url}/score -H 'content-type: application/json' -d "
+            f"  curl -s {stack.url}/score -H 'authorization: Bearer {stack.keys['scorer']}'"
+            " -H 'content-type: application/json' -d "
             '\'{"model":"fraud","entities":{"customer_id":"c-1","merchant_id":"m-1"},'
             '"context":{"amount":120.5,"card_present":false}}\''
         )
@@ -128,25 +186,33 @@ async def _demo(args: argparse.Namespace) -> int:
                     "request_id": f"demo-{run}-{customer}",
                     "context": {"amount": amount, "card_present": False},
                 }
-                async with http.post("/score", json=body) as response:
+                async with http.post(
+                    "/score", json=body, headers=stack.headers("scorer")
+                ) as response:
                     answer = await response.json()
                     print(
                         f"POST /score {customer}: {response.status}"
                         f" decision={answer.get('decision')} degraded={answer.get('degraded')}"
                     )
                     scored.append(answer)
-            async with http.post("/score", json=body) as response:
+            async with http.post("/score", json=body, headers=stack.headers("scorer")) as response:
                 again = await response.json()
             print(
                 f"POST /score again with request_id {body['request_id']}: decision_id"
                 f" {'unchanged' if again['decision_id'] == answer['decision_id'] else 'CHANGED'}"
             )
             _show("POST /score (customer c-10: features fetched from their sources)", scored[1])
-            record = await _delivered_record(http, scored[1]["decision_id"])
-            _show(f"GET /decisions/{scored[1]['decision_id']} (the audit record)", record)
+            auditor = stack.headers("auditor")
+            record = await _delivered_record(http, scored[1]["decision_id"], auditor)
+            _show(
+                f"GET /decisions/{scored[1]['decision_id']} (the audit record, as an auditor"
+                " without the pii scope sees it)",
+                record,
+            )
             async with http.post(
                 f"/decisions/{scored[2]['decision_id']}/rollback",
                 json={"reason": "demo: customer disputed"},
+                headers=stack.headers("operator"),
             ) as response:
                 _show("POST /decisions/{id}/rollback", await response.json())
         if args.stay:
@@ -157,16 +223,27 @@ async def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _delivered_record(http: aiohttp.ClientSession, decision_id: str) -> Any:
+async def _delivered_record(
+    http: aiohttp.ClientSession, decision_id: str, headers: dict[str, str]
+) -> Any:
     """The record once its event is on Kafka (or after a few seconds, as it stands)."""
     record: Any = None
     for _ in range(50):
-        async with http.get(f"/decisions/{decision_id}") as response:
+        async with http.get(f"/decisions/{decision_id}", headers=headers) as response:
             record = await response.json()
         if record.get("writeback") and record["writeback"][0]["status"] == "delivered":
             break
         await asyncio.sleep(0.1)
     return record
+
+
+def _keys(args: argparse.Namespace) -> int:
+    secret, key = new_key(args.role, ["pii"] if args.pii else [])
+    print(f"key:    {secret}")
+    print(f"config: {key.line()}")
+    print("Add the config line to SCOREGATE_API_KEYS (comma-separated) or to the keys file;")
+    print("the key itself is shown only now and is not stored anywhere.")
+    return 0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -179,11 +256,27 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="warning")
     commands.add_parser("relay", help="run the outbox relay on its own")
     commands.add_parser("migrate", help="create the database if missing and migrate it")
+    commands.add_parser(
+        "maintain", help="create partitions ahead, drop and purge what is past retention"
+    )
+    dlq = commands.add_parser("dlq", help="the dead-letter queue")
+    dlq_commands = dlq.add_subparsers(dest="dlq_command", required=True)
+    dlq_list = dlq_commands.add_parser("list", help="dead letters, oldest first (JSON)")
+    dlq_list.add_argument("--limit", type=int, default=50)
+    dlq_list.add_argument("--cursor", default=None, help="next_cursor of the previous page")
+    dlq_redrive = dlq_commands.add_parser("redrive", help="publish a dead letter again")
+    dlq_redrive.add_argument("event_id", help="the event's id (its ce_id)")
+    dlq_redrive.add_argument("--actor", default="cli", help="who redrives it (kept in history)")
     dev = commands.add_parser("dev", help="the whole stack on this machine, until Ctrl-C")
     dev.add_argument("--port", type=int, default=8000)
     demo = commands.add_parser("demo", help="start the dev stack and send requests through it")
     demo.add_argument("--port", type=int, default=8000)
     demo.add_argument("--stay", action="store_true", help="keep the stack up afterwards")
+    keys = commands.add_parser("keys", help="API keys")
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True)
+    new = keys_commands.add_parser("new", help="make a key and print its config line")
+    new.add_argument("--role", choices=ROLES, required=True)
+    new.add_argument("--pii", action="store_true", help="add the pii scope")
     return parser
 
 
@@ -197,8 +290,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             code = _serve(args)
         elif args.command == "relay":
             code = asyncio.run(_relay())
+        elif args.command == "keys":
+            code = _keys(args)
         elif args.command == "migrate":
             code = asyncio.run(_migrate())
+        elif args.command == "maintain":
+            code = asyncio.run(_maintain())
+        elif args.command == "dlq":
+            code = asyncio.run(_dlq(args))
         elif args.command == "dev":
             with contextlib.suppress(KeyboardInterrupt):
                 code = asyncio.run(_dev(args))

@@ -12,7 +12,15 @@ from typing import TypeVar
 import msgspec
 
 from contracts.features import FeatureScalar
-from contracts.registry import DType, Entity, Feature, Model, RegistryFile, Source
+from contracts.registry import (
+    ContextFeature,
+    DType,
+    Entity,
+    Feature,
+    Model,
+    RegistryFile,
+    Source,
+)
 
 _Named = TypeVar("_Named", Entity, Source, Feature, Model)
 
@@ -56,6 +64,8 @@ class ModelPlan:
         entities: every entity whose key a request must carry, subject first.
         features: the stored features in vector order.
         vector: names of the whole input vector: stored features, then context.
+        pii: names in the vector classified ``pii``.
+        published: names whose values travel in outcome events.
     """
 
     model: Model
@@ -63,6 +73,8 @@ class ModelPlan:
     entities: tuple[Entity, ...]
     features: tuple[Feature, ...]
     vector: tuple[str, ...]
+    pii: frozenset[str]
+    published: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -204,10 +216,19 @@ class _Checker:
         if model.input.layout == "tensor" and "string" in dtypes:
             self.fail("a tensor input cannot carry string features", f"{at}.input.layout")
         needed = [subject] + [entities[f.entity] for f in stored]
+        specs: list[Feature | ContextFeature] = [*stored, *model.context]
+        published = [
+            spec.name
+            for spec in specs
+            if (spec.include_in_events is not False)
+            and (spec.include_in_events or spec.classification != "pii")
+        ]
         return ModelPlan(
             model=model,
             subject=subject,
             entities=tuple(dict.fromkeys(needed)),
             features=tuple(stored),
             vector=tuple([f.name for f in stored] + [c.name for c in model.context]),
+            pii=frozenset(spec.name for spec in specs if spec.classification == "pii"),
+            published=tuple(published),
         )

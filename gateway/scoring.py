@@ -177,7 +177,7 @@ class Scorer:
             outputs=outputs,
             decision=label,
             degraded=assembly.degraded,
-            features={name: value.value for name, value in assembly.values.items()},
+            features={name: assembly.values[name].value for name in plan.published},
             decided_at=decided_at,
         )
         try:

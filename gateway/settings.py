@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
+from gateway.auth import ApiKey, KeyConfigError, parse_keys
 from writeback.config import WritebackConfig
 
 
@@ -21,6 +23,11 @@ class GatewaySettings(msgspec.Struct, frozen=True, kw_only=True):
         writeback: PostgreSQL, Kafka and relay settings.
         run_relay: run the outbox relay inside the gateway (``SCOREGATE_RELAY``).
         health_timeout_s: per-check timeout of ``/health/ready``.
+        api_keys: the keys that may call (``SCOREGATE_API_KEYS`` and/or the file named
+            by ``SCOREGATE_API_KEYS_FILE``), hashed.
+        pii_key: the key of the PII masks' hash (``SCOREGATE_PII_KEY``); without it
+            masks are random per process and not comparable across restarts.
+        metrics_public: serve ``/metrics`` without a key (``SCOREGATE_METRICS_PUBLIC``).
     """
 
     registry_path: Path
@@ -29,6 +36,9 @@ class GatewaySettings(msgspec.Struct, frozen=True, kw_only=True):
     writeback: WritebackConfig
     run_relay: bool = True
     health_timeout_s: float = 1.0
+    api_keys: tuple[ApiKey, ...] = ()
+    pii_key: bytes | None = None
+    metrics_public: bool = True
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> GatewaySettings:
@@ -45,14 +55,58 @@ class GatewaySettings(msgspec.Struct, frozen=True, kw_only=True):
             topic=env.get("SCOREGATE_TOPIC", "decision-outcomes"),
             event_source=env.get("SCOREGATE_EVENT_SOURCE", "/scoregate"),
             idempotent_producer=_flag(env.get("SCOREGATE_KAFKA_IDEMPOTENT", "false")),
+            **_writeback_tuning(env),
         )
+        keys_text = env.get("SCOREGATE_API_KEYS", "")
+        keys_file = env.get("SCOREGATE_API_KEYS_FILE")
+        try:
+            if keys_file:
+                keys_text += "\n" + Path(keys_file).read_text()
+            api_keys = tuple(parse_keys(keys_text))
+        except (OSError, KeyConfigError) as exc:
+            raise SystemExit(f"bad API key configuration: {exc}") from exc
+        pii_key = env.get("SCOREGATE_PII_KEY")
         return cls(
+            api_keys=api_keys,
+            pii_key=pii_key.encode() if pii_key else None,
+            metrics_public=_flag(env.get("SCOREGATE_METRICS_PUBLIC", "true")),
             registry_path=Path(registry),
             redis_url=env.get("SCOREGATE_REDIS_URL", "redis://127.0.0.1:6379/0"),
             redis_prefix=env.get("SCOREGATE_REDIS_PREFIX", "sg"),
             writeback=writeback,
             run_relay=_flag(env.get("SCOREGATE_RELAY", "true")),
         )
+
+
+# SCOREGATE_* variable -> (WritebackConfig field, type); unset ones keep its default.
+_WRITEBACK_TUNING: dict[str, tuple[str, type[int] | type[float] | type[str]]] = {
+    "SCOREGATE_DLQ_TOPIC": ("dlq_topic", str),
+    "SCOREGATE_RELAY_MAX_ATTEMPTS": ("relay_max_attempts", int),
+    "SCOREGATE_RELAY_BACKOFF_MS": ("relay_backoff_ms", int),
+    "SCOREGATE_RELAY_MAX_BACKOFF_MS": ("relay_max_backoff_ms", int),
+    "SCOREGATE_RELAY_POLL_INTERVAL_MS": ("relay_poll_interval_ms", int),
+    "SCOREGATE_RELAY_BATCH_SIZE": ("relay_batch_size", int),
+    "SCOREGATE_PUBLISH_TIMEOUT_MS": ("publish_timeout_ms", int),
+    "SCOREGATE_KAFKA_MAX_MESSAGE_BYTES": ("max_message_bytes", int),
+    "SCOREGATE_TOPIC_PARTITIONS": ("topic_partitions", int),
+    "SCOREGATE_OUTBOX_RETENTION_HOURS": ("outbox_retention_hours", float),
+    "SCOREGATE_DECISION_RETENTION_DAYS": ("decision_retention_days", int),
+    "SCOREGATE_PARTITIONS_AHEAD_MONTHS": ("partitions_ahead_months", int),
+    "SCOREGATE_MAINTENANCE_INTERVAL_S": ("maintenance_interval_s", float),
+}
+
+
+def _writeback_tuning(env: Mapping[str, str]) -> dict[str, Any]:
+    tuning: dict[str, Any] = {}
+    for variable, (field, kind) in _WRITEBACK_TUNING.items():
+        raw = env.get(variable)
+        if raw is None or raw == "":
+            continue
+        try:
+            tuning[field] = kind(raw)
+        except ValueError:
+            raise SystemExit(f"{variable}: expected {kind.__name__}, got {raw!r}") from None
+    return tuning
 
 
 def _flag(value: str) -> bool:

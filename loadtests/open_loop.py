@@ -72,6 +72,7 @@ async def run_phase(
     body: Body,
     seed: int = 1,
     timeout_s: float = 5.0,
+    headers: dict[str, str] | None = None,
 ) -> PhaseResult:
     """Send ``rate`` requests per second for ``seconds`` to ``url`` (POST JSON)."""
     result = PhaseResult(name=name, rate=rate, seconds=seconds)
@@ -84,7 +85,7 @@ async def run_phase(
     async def one(scheduled: float, payload: dict[str, Any]) -> None:
         try:
             async with session.post(
-                url, json=payload, timeout=aiohttp.ClientTimeout(total=timeout_s)
+                url, json=payload, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout_s)
             ) as response:
                 data = await response.read()
                 result.statuses[response.status] += 1

@@ -84,7 +84,9 @@ async def main() -> None:
         body = score_body(args.customers)
         url = f"{stack.url}/score"
         connector = aiohttp.TCPConnector(limit=512)
-        async with aiohttp.ClientSession(connector=connector) as session:
+        async with aiohttp.ClientSession(
+            connector=connector, headers=stack.headers("scorer")
+        ) as session:
             await run_phase(session, url, "warmup", args.rate, args.warmup, body, seed=0)
             healthy = await run_phase(session, url, "healthy", args.rate, args.seconds, body)
             phases.append(healthy.summary())

@@ -2,7 +2,7 @@
 
 Usage (against a running stack, e.g. ``scoregate dev``)::
 
-    python loadtests/simple_load.py --url http://127.0.0.1:8000 --concurrency 16 --seconds 20
+    SCOREGATE_KEY=<scorer key> python loadtests/simple_load.py --concurrency 16 --seconds 20
 
 Prints requests/s, status counts and latency percentiles. Customers are drawn from
 the dev stack's seeded ids (``c-1`` .. ``c-200``, merchants ``m-1`` .. ``m-20``).
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import statistics
 import time
@@ -58,10 +59,14 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--warmup", type=float, default=3)
     parser.add_argument("--customers", type=int, default=200)
+    parser.add_argument(
+        "--key", default=os.environ.get("SCOREGATE_KEY", ""), help="a scorer key ($SCOREGATE_KEY)"
+    )
     args = parser.parse_args()
     rng = random.Random(1)
     connector = aiohttp.TCPConnector(limit=args.concurrency)
-    async with aiohttp.ClientSession(connector=connector) as session:
+    headers = {"Authorization": f"Bearer {args.key}"}
+    async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
         warm: list[float] = []
         until = time.perf_counter() + args.warmup
         await asyncio.gather(

@@ -26,9 +26,34 @@ import uvicorn
 from litestar import Litestar
 
 from gateway.app import create_app
+from gateway.auth import key_from_secret
 from gateway.dev.broker import LocalBroker, free_port, wait_for_port
 from gateway.settings import GatewaySettings
 from writeback.config import WritebackConfig
+
+# One key per role, a second scorer (another caller) and an auditor with the pii scope.
+KEYS = {
+    "scorer": "sk-test-scorer-5e1c0d9a",
+    "scorer2": "sk-test-scorer-two-77b2",
+    "auditor": "sk-test-auditor-0a4471",
+    "auditor_pii": "sk-test-auditor-pii-93c1",
+    "operator": "sk-test-operator-c2de55",
+    "admin": "sk-test-admin-f00dfeed",
+}
+API_KEYS = (
+    key_from_secret(KEYS["scorer"], ["scorer"]),
+    key_from_secret(KEYS["scorer2"], ["scorer"]),
+    key_from_secret(KEYS["auditor"], ["auditor"]),
+    key_from_secret(KEYS["auditor_pii"], ["auditor"], ["pii"]),
+    key_from_secret(KEYS["operator"], ["operator"]),
+    key_from_secret(KEYS["admin"], ["admin"]),
+)
+
+
+def bearer(who: str) -> dict[str, str]:
+    """The Authorization header of one of the test keys."""
+    return {"Authorization": f"Bearer {KEYS[who]}"}
+
 
 PG_ADMIN_DSN = os.environ.get(
     "SCOREGATE_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -201,14 +226,17 @@ def settings(
             topic=topic,
             relay_poll_interval_ms=100,
         ),
+        api_keys=API_KEYS,
+        pii_key=b"test-pii-key",
     )
 
 
 @asynccontextmanager
-async def serve(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
+async def serve(app: Litestar, who: str = "admin") -> AsyncIterator[httpx.AsyncClient]:
     """Run ``app`` on a real HTTP server (uvicorn, in this event loop) and a client for it.
 
-    Requests from the client are truly concurrent, as they are in production.
+    Requests from the client are truly concurrent, as they are in production; they
+    carry the key of ``who`` unless a request says otherwise.
     """
     port = free_port()
     server = uvicorn.Server(
@@ -221,7 +249,7 @@ async def serve(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
         await asyncio.sleep(0.01)
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
     async with httpx.AsyncClient(
-        base_url=f"http://127.0.0.1:{port}", timeout=10, limits=limits
+        base_url=f"http://127.0.0.1:{port}", timeout=10, limits=limits, headers=bearer(who)
     ) as http:
         yield http
     server.should_exit = True

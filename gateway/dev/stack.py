@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import random
+import secrets
 import sys
 import tempfile
 from collections.abc import Mapping
@@ -21,6 +22,7 @@ from typing import Any
 
 import aiohttp
 
+from gateway.auth import ROLES, Role, key_from_secret, new_key, parse_dev_keys
 from gateway.dev.broker import LocalBroker, free_port, wait_for_port
 from writeback.migrate import ensure_database, migrate
 
@@ -36,6 +38,7 @@ class DevStack:
         self.url = f"http://127.0.0.1:{port}"
         self.customers = customers
         self.env: dict[str, str] = {}
+        self.keys: dict[Role, str] = {}
         self.sources_url = ""
         self.model_url = ""
         self._broker: LocalBroker | None = None
@@ -71,9 +74,28 @@ class DevStack:
             env["SCOREGATE_REGISTRY"] = str(registry)
         await wait_for_port("127.0.0.1", sources_port)
         await wait_for_port("127.0.0.1", model_port)
+        self.keys = self._keys(env)
         self.env = env
         await self._spawn("gateway", "gateway.cli", "serve", "--port", str(self.port), env=env)
         await self._wait_ready(limit_s=20)
+
+    @staticmethod
+    def _keys(env: dict[str, str]) -> dict[Role, str]:
+        """Keys per role: ``SCOREGATE_DEV_KEYS`` if set, else new ones; configured in env."""
+        given = parse_dev_keys(env.get("SCOREGATE_DEV_KEYS", ""))
+        keys: dict[Role, str] = {role: given.get(role) or new_key(role)[0] for role in ROLES}
+        if "SCOREGATE_API_KEYS" not in env:
+            entries = [
+                key_from_secret(secret, [role], ["pii"] if role == "admin" else []).line()
+                for role, secret in keys.items()
+            ]
+            env["SCOREGATE_API_KEYS"] = ",".join(entries)
+        env.setdefault("SCOREGATE_PII_KEY", secrets.token_hex(16))
+        return keys
+
+    def headers(self, role: Role) -> dict[str, str]:
+        """The Authorization header of the stack's key for ``role``."""
+        return {"Authorization": f"Bearer {self.keys[role]}"}
 
     async def _spawn(
         self, name: str, module: str, *args: str, env: Mapping[str, str] | None = None
@@ -154,7 +176,9 @@ class DevStack:
                 "transform": "sample_aggregates_v1",
             },
         }
-        async with session.post(f"{self.url}/features/push", json=body) as response:
+        async with session.post(
+            f"{self.url}/features/push", json=body, headers=self.headers("scorer")
+        ) as response:
             response.raise_for_status()
         return 1
 

@@ -164,13 +164,21 @@ async def test_concurrency_cap_sends_the_excess_to_the_policy(
 
 
 async def test_concurrent_requests_for_one_entity_share_one_source_call(
-    client: Client, servers: SampleServers
+    settings: GatewaySettings, servers: SampleServers, tmp_path: Path
 ) -> None:
-    for source in ("customer_profile", "txn_stats", "merchant_risk"):
-        await servers.fault_source(source, "latency", latency_ms=100)
-    answers = await asyncio.gather(
-        *(client.post("/score", json=body("c-one", "m-one")) for _ in range(100))
+    # Slow sources (with timeouts to match, within the model's 1 s deadline) keep the
+    # first call in flight while all hundred requests arrive.
+    slow = tmp_path / "slow.toml"
+    slow.write_text(
+        settings.registry_path.read_text().replace("timeout_ms = 150", "timeout_ms = 3000")
     )
+    for source in ("customer_profile", "txn_stats", "merchant_risk"):
+        await servers.fault_source(source, "latency", latency_ms=400)
+    local = msgspec.structs.replace(settings, registry_path=slow)
+    async with serve(create_app(local)) as client:
+        answers = await asyncio.gather(
+            *(client.post("/score", json=body("c-one", "m-one")) for _ in range(100))
+        )
     assert {a.status_code for a in answers} == {200}
     assert {a.json()["features"]["kyc_level"]["status"] for a in answers} == {"fallback"}
     assert await servers.source_calls() == {
