@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
@@ -22,6 +23,8 @@ from litestar import Litestar, Request, Response, get, post
 from litestar.config.app import AppConfig
 from litestar.di import NamedDependency, Provide
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.exceptions import ImproperlyConfiguredException as ConfigurationError
+from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.params import FromPath, HeaderParameter, JSONBody
 from litestar.plugins import InitPluginProtocol
@@ -30,25 +33,26 @@ from contracts.decisions import DecisionRecord, RollbackRequest, RollbackState
 from contracts.features import PushRequest, PushResponse
 from contracts.registry import RegistryFile
 from contracts.scoring import ErrorBody, ScoreRequest, ScoreResponse
+from gateway.auth import ApiKeyAuthentication, KeyRing, Principal, requires
 from gateway.errors import GatewayError, NotFound, Unavailable
 from gateway.features.assembler import FeatureAssembler
 from gateway.features.online_store import OnlineStore
 from gateway.features.push import FeaturePusher
 from gateway.features.sources import SourceClient
+from gateway.masking import PiiMasker
 from gateway.model_client import ModelClient
+from gateway.operations import operation_handlers
 from gateway.registry import Registry, load_registry
 from gateway.scoring import Scorer
 from gateway.settings import GatewaySettings
 from writeback.audit_store import AuditStore, AuditUnavailable
+from writeback.dead_letters import DeadLetterQueue
 from writeback.kafka import KafkaPublisher
 from writeback.pool import create_pool
 from writeback.relay import OutboxRelay
+from writeback.retention import Retention
 
 log = logging.getLogger(__name__)
-
-CallerHeader = Annotated[str, HeaderParameter(name="X-Client-Id")]
-"""Who is calling; replaced by the API key's id once keys are configured."""
-ANONYMOUS = "anonymous"
 
 
 class Check(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -81,10 +85,13 @@ class Gateway(InitPluginProtocol):
         self._pool: asyncpg.Pool | None = None
         self._audit: AuditStore | None = None
         self._relay: OutboxRelay | None = None
+        self._dead_letters: DeadLetterQueue | None = None
+        self._retention: Retention | None = None
         self._scorer: Scorer | None = None
         self.sources: dict[str, SourceClient] = {}
         self.models: dict[str, ModelClient] = {}
         self.pusher = FeaturePusher(self.registry, self.store)
+        self.masker = PiiMasker(settings.pii_key or _random_pii_key(), _pii_names(self.registry))
         self.assembler: FeatureAssembler | None = None
 
     @property
@@ -93,6 +100,13 @@ class Gateway(InitPluginProtocol):
         if self._audit is None:
             raise RuntimeError("the gateway is not started")
         return self._audit
+
+    @property
+    def dead_letters(self) -> DeadLetterQueue:
+        """The dead-letter queue (open while the app runs)."""
+        if self._dead_letters is None:
+            raise RuntimeError("the gateway is not started")
+        return self._dead_letters
 
     @property
     def scorer(self) -> Scorer:
@@ -132,6 +146,9 @@ class Gateway(InitPluginProtocol):
         self._pool = pool = await create_pool(self.settings.writeback)
         self._audit = AuditStore(pool, self.settings.writeback)
         await self._audit.start()
+        self._dead_letters = DeadLetterQueue(pool, self.settings.writeback)
+        self._retention = Retention(pool, self.settings.writeback)
+        await self._retention.start()
         self._scorer = Scorer(self.registry, self.assembler, self.models, self._audit)
         if self.settings.run_relay:
             self._relay = OutboxRelay(pool, self.publisher, self.settings.writeback)
@@ -139,6 +156,8 @@ class Gateway(InitPluginProtocol):
 
     async def stop(self) -> None:
         """Close connections; queued audit commits are flushed first."""
+        if self._retention is not None:
+            await self._retention.stop()
         if self._relay is not None:
             await self._relay.stop()
         if self.assembler is not None:
@@ -188,6 +207,18 @@ class Gateway(InitPluginProtocol):
             raise ConnectionError(f"{model.model.endpoint} is not ready")
 
 
+def _random_pii_key() -> bytes:
+    log.warning("SCOREGATE_PII_KEY is not set: PII masks are not comparable across processes")
+    return secrets.token_bytes(32)
+
+
+def _pii_names(registry: Registry) -> frozenset[str]:
+    names = {f.name for f in registry.features.values() if f.classification == "pii"}
+    for model in registry.models.values():
+        names.update(c.name for c in model.context if c.classification == "pii")
+    return frozenset(names)
+
+
 async def _timed(probe: Awaitable[Any], limit_s: float) -> Check:
     started = time.perf_counter()
     try:
@@ -202,20 +233,22 @@ async def _timed(probe: Awaitable[Any], limit_s: float) -> Check:
 GatewayDep = NamedDependency[Gateway]
 
 
-@post("/score", status_code=200)
+@post("/score", status_code=200, guards=[requires("scorer")])
 async def score(
     data: JSONBody[ScoreRequest],
     gateway: GatewayDep,
-    caller: CallerHeader = ANONYMOUS,
+    request: Request[Principal, Any, Any],
     timeout_ms: Annotated[
         int | None, HeaderParameter(name="X-Request-Timeout-Ms", required=False, gt=0)
     ] = None,
 ) -> ScoreResponse:
     """Score one subject with one model; the answer is committed to the audit store."""
-    return await gateway.scorer.score(data, caller, timeout_ms)
+    principal = request.user
+    response = await gateway.scorer.score(data, principal.key_id, timeout_ms)
+    return response if principal.sees_pii else gateway.masker.response(response)
 
 
-@post("/features/push", status_code=200)
+@post("/features/push", status_code=200, guards=[requires("scorer")])
 async def push_features(data: JSONBody[PushRequest], gateway: GatewayDep) -> PushResponse:
     """Write feature values of one entity; older event times never overwrite newer."""
     return await gateway.pusher.push(data)
@@ -227,8 +260,10 @@ async def registry_file(gateway: GatewayDep) -> RegistryFile:
     return gateway.registry.file
 
 
-@get("/decisions/{decision_id:str}")
-async def decision(decision_id: FromPath[str], gateway: GatewayDep) -> DecisionRecord:
+@get("/decisions/{decision_id:str}", guards=[requires("auditor")])
+async def decision(
+    decision_id: FromPath[str], gateway: GatewayDep, request: Request[Principal, Any, Any]
+) -> DecisionRecord:
     """The whole decision record, with write-back and rollback state."""
     try:
         record = await gateway.audit.get(decision_id)
@@ -236,19 +271,19 @@ async def decision(decision_id: FromPath[str], gateway: GatewayDep) -> DecisionR
         raise Unavailable("the audit store is unavailable", field="audit") from exc
     if record is None:
         raise NotFound(f"no decision {decision_id}", field="decision_id")
-    return record
+    return record if request.user.sees_pii else gateway.masker.record(record)
 
 
-@post("/decisions/{decision_id:str}/rollback", status_code=200)
+@post("/decisions/{decision_id:str}/rollback", status_code=200, guards=[requires("operator")])
 async def rollback(
     decision_id: FromPath[str],
     data: JSONBody[RollbackRequest],
     gateway: GatewayDep,
-    caller: CallerHeader = ANONYMOUS,
+    request: Request[Principal, Any, Any],
 ) -> RollbackState:
     """Roll a decision back; a second rollback answers with the first."""
     try:
-        result = await gateway.audit.rollback(decision_id, data.reason, caller)
+        result = await gateway.audit.rollback(decision_id, data.reason, request.user.key_id)
     except AuditUnavailable as exc:
         raise Unavailable("the audit store is unavailable", field="audit") from exc
     if result is None:
@@ -257,13 +292,13 @@ async def rollback(
     return state
 
 
-@get("/health/live")
+@get("/health/live", opt={"exclude_from_auth": True})
 async def live() -> dict[str, str]:
     """The process is up."""
     return {"status": "live"}
 
 
-@get("/health/ready")
+@get("/health/ready", opt={"exclude_from_auth": True})
 async def ready(gateway: GatewayDep) -> Response[Readiness]:
     """200 when PostgreSQL, Redis, Kafka and every model server answer; 503 otherwise."""
     readiness = await gateway.readiness()
@@ -311,9 +346,27 @@ def _field_of(message: str) -> str | None:
 
 
 def create_app(settings: GatewaySettings, registry: Registry | None = None) -> Litestar:
-    """The gateway application."""
+    """The gateway application; it refuses to start without API keys."""
+    if not settings.api_keys:
+        raise ConfigurationError(
+            "no API keys configured: set SCOREGATE_API_KEYS or SCOREGATE_API_KEYS_FILE"
+            " (scoregate keys new --role admin makes one)"
+        )
+    authentication = DefineMiddleware(
+        ApiKeyAuthentication, keyring=KeyRing(settings.api_keys), exclude=["^/schema"]
+    )
     return Litestar(
-        route_handlers=[score, push_features, registry_file, decision, rollback, live, ready],
+        middleware=[authentication],
+        route_handlers=[
+            score,
+            push_features,
+            registry_file,
+            decision,
+            rollback,
+            live,
+            ready,
+            *operation_handlers(metrics_public=settings.metrics_public),
+        ],
         plugins=[Gateway(settings, registry)],
         exception_handlers={
             GatewayError: _gateway_error,
