@@ -14,7 +14,11 @@ from writeback.migrate import ensure_database, migrate
 
 pytestmark = pytest.mark.services
 
-MIGRATIONS = ["001_decisions.sql", "002_retention_and_dead_letters.sql"]
+MIGRATIONS = sorted(
+    entry.name
+    for entry in resources.files("writeback.migrations").iterdir()
+    if entry.name.endswith(".sql")
+)
 
 
 def _sibling_dsn(database_url: str, name: str) -> str:
