@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 
+from contracts.audit import AccessLog, DecisionPage, ReplayRequest, ReplayResult, VerifyReport
 from contracts.deadletters import DeadLetter, DeadLetterPage
 from contracts.decisions import DecisionRecord, RollbackRequest, RollbackState
 from contracts.events import OutcomeEvent
@@ -36,6 +37,11 @@ PUBLIC_TYPES: dict[str, Any] = {
     "dead-letter-page": DeadLetterPage,
     "registry-file": RegistryFile,
     "error": ErrorBody,
+    "access-log": AccessLog,
+    "decision-page": DecisionPage,
+    "replay-request": ReplayRequest,
+    "replay-result": ReplayResult,
+    "verify-report": VerifyReport,
 }
 
 # Keys that document a schema without changing what validates against it.

@@ -33,6 +33,7 @@ from contracts.decisions import DecisionRecord, RollbackRequest, RollbackState
 from contracts.features import PushRequest, PushResponse
 from contracts.registry import RegistryFile
 from contracts.scoring import ErrorBody, ScoreRequest, ScoreResponse
+from gateway.auditing import PurposeHeader, audit_handlers, read_decision
 from gateway.auth import ApiKeyAuthentication, KeyRing, Principal, requires
 from gateway.errors import GatewayError, NotFound, Unavailable
 from gateway.features.assembler import FeatureAssembler
@@ -43,14 +44,17 @@ from gateway.masking import PiiMasker
 from gateway.model_client import ModelClient
 from gateway.operations import operation_handlers
 from gateway.registry import Registry, load_registry
+from gateway.replay import Replayer
 from gateway.scoring import Scorer
 from gateway.settings import GatewaySettings
 from writeback.audit_store import AuditStore, AuditUnavailable
 from writeback.dead_letters import DeadLetterQueue
+from writeback.decision_reads import DecisionReads
 from writeback.kafka import KafkaPublisher
 from writeback.pool import create_pool
 from writeback.relay import OutboxRelay
 from writeback.retention import Retention
+from writeback.seals import DecisionSealer
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +87,8 @@ class Gateway(InitPluginProtocol):
         self.publisher = KafkaPublisher(settings.writeback)
         self._session: aiohttp.ClientSession | None = None
         self._pool: asyncpg.Pool | None = None
+        self._reads: DecisionReads | None = None
+        self._sealer: DecisionSealer | None = None
         self._audit: AuditStore | None = None
         self._relay: OutboxRelay | None = None
         self._dead_letters: DeadLetterQueue | None = None
@@ -107,6 +113,20 @@ class Gateway(InitPluginProtocol):
         if self._dead_letters is None:
             raise RuntimeError("the gateway is not started")
         return self._dead_letters
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        """The PostgreSQL pool (open while the app runs)."""
+        if self._pool is None:
+            raise RuntimeError("the gateway is not started")
+        return self._pool
+
+    @property
+    def reads(self) -> DecisionReads:
+        """The access log and decision search (open while the app runs)."""
+        if self._reads is None:
+            raise RuntimeError("the gateway is not started")
+        return self._reads
 
     @property
     def scorer(self) -> Scorer:
@@ -150,12 +170,18 @@ class Gateway(InitPluginProtocol):
         self._retention = Retention(pool, self.settings.writeback)
         await self._retention.start()
         self._scorer = Scorer(self.registry, self.assembler, self.models, self._audit)
+        self.replayer = Replayer(self.registry, self.models)
+        self._reads = DecisionReads(pool)
+        self._sealer = DecisionSealer(pool)
+        await self._sealer.start()
         if self.settings.run_relay:
             self._relay = OutboxRelay(pool, self.publisher, self.settings.writeback)
             await self._relay.start()
 
     async def stop(self) -> None:
         """Close connections; queued audit commits are flushed first."""
+        if self._sealer is not None:
+            await self._sealer.stop()
         if self._retention is not None:
             await self._retention.stop()
         if self._relay is not None:
@@ -262,16 +288,13 @@ async def registry_file(gateway: GatewayDep) -> RegistryFile:
 
 @get("/decisions/{decision_id:str}", guards=[requires("auditor")])
 async def decision(
-    decision_id: FromPath[str], gateway: GatewayDep, request: Request[Principal, Any, Any]
+    decision_id: FromPath[str],
+    gateway: GatewayDep,
+    request: Request[Principal, Any, Any],
+    purpose: PurposeHeader = None,
 ) -> DecisionRecord:
-    """The whole decision record, with write-back and rollback state."""
-    try:
-        record = await gateway.audit.get(decision_id)
-    except AuditUnavailable as exc:
-        raise Unavailable("the audit store is unavailable", field="audit") from exc
-    if record is None:
-        raise NotFound(f"no decision {decision_id}", field="decision_id")
-    return record if request.user.sees_pii else gateway.masker.record(record)
+    """The whole decision record, with write-back and rollback state; the read is logged."""
+    return await read_decision(gateway, decision_id, request.user, "api", purpose)
 
 
 @post("/decisions/{decision_id:str}/rollback", status_code=200, guards=[requires("operator")])
@@ -366,6 +389,7 @@ def create_app(settings: GatewaySettings, registry: Registry | None = None) -> L
             live,
             ready,
             *operation_handlers(metrics_public=settings.metrics_public),
+            *audit_handlers,
         ],
         plugins=[Gateway(settings, registry)],
         exception_handlers={

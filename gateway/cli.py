@@ -11,14 +11,16 @@ import signal
 import sys
 import uuid
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import aiohttp
+import msgspec
 import uvicorn
 
 from gateway.auth import ROLES, new_key
 from gateway.registry import RegistryError, load_registry
-from gateway.settings import GatewaySettings
+from gateway.settings import GatewaySettings, writeback_from_env
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -59,7 +61,7 @@ async def _relay() -> int:
     from writeback.pool import create_pool
     from writeback.relay import OutboxRelay
 
-    config = GatewaySettings.from_env().writeback
+    config = writeback_from_env()
     pool = await create_pool(config)
     publisher = KafkaPublisher(config)
     relay = OutboxRelay(pool, publisher, config)
@@ -76,7 +78,7 @@ async def _relay() -> int:
 async def _migrate() -> int:
     from writeback.migrate import ensure_database, migrate
 
-    config = GatewaySettings.from_env().writeback
+    config = writeback_from_env()
     if await ensure_database(config.database_url):
         print(f"created database {config.database_url}")
     applied = await migrate(config.database_url)
@@ -90,7 +92,7 @@ async def _dlq(args: argparse.Namespace) -> int:
     from writeback.dead_letters import DeadLetterQueue, NotDeadLettered
     from writeback.pool import create_pool
 
-    config = GatewaySettings.from_env().writeback
+    config = writeback_from_env()
     pool = await create_pool(msgspec.structs.replace(config, pool_min_size=0))
     try:
         queue = DeadLetterQueue(pool, config)
@@ -120,7 +122,7 @@ async def _maintain() -> int:
     from writeback.pool import create_pool
     from writeback.retention import Retention
 
-    config = GatewaySettings.from_env().writeback
+    config = writeback_from_env()
     pool = await create_pool(msgspec.structs.replace(config, pool_min_size=0))
     try:
         report = await Retention(pool, config).run_once()
@@ -237,6 +239,20 @@ async def _delivered_record(
     return record
 
 
+async def _verify(args: argparse.Namespace) -> int:
+    from writeback.pool import create_pool
+    from writeback.seals import verify
+
+    config = writeback_from_env()
+    pool = await create_pool(config)
+    try:
+        report = await verify(pool, args.since)
+    finally:
+        await pool.close()
+    print(json.dumps(msgspec.to_builtins(report), indent=2))
+    return 0 if report.ok else 1
+
+
 def _keys(args: argparse.Namespace) -> int:
     secret, key = new_key(args.role, ["pii"] if args.pii else [])
     print(f"key:    {secret}")
@@ -272,6 +288,14 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="start the dev stack and send requests through it")
     demo.add_argument("--port", type=int, default=8000)
     demo.add_argument("--stay", action="store_true", help="keep the stack up afterwards")
+    audit = commands.add_parser("audit", help="audit tools")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
+    check = audit_commands.add_parser(
+        "verify", help="walk the decision records' hash chain; exit 1 at the first mismatch"
+    )
+    check.add_argument(
+        "--since", type=datetime.fromisoformat, help="start at records committed from then"
+    )
     keys = commands.add_parser("keys", help="API keys")
     keys_commands = keys.add_subparsers(dest="keys_command", required=True)
     new = keys_commands.add_parser("new", help="make a key and print its config line")
@@ -290,6 +314,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             code = _serve(args)
         elif args.command == "relay":
             code = asyncio.run(_relay())
+        elif args.command == "audit":
+            code = asyncio.run(_verify(args))
         elif args.command == "keys":
             code = _keys(args)
         elif args.command == "migrate":

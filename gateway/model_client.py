@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator, Sequence
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import msgspec
@@ -99,10 +100,18 @@ class ModelClient:
         return InferRequest(id=decision_id, inputs=inputs)
 
     async def infer(
-        self, decision_id: str, vector: Sequence[FeatureScalar], deadline: Deadline
+        self,
+        decision_id: str,
+        vector: Sequence[FeatureScalar],
+        deadline: Deadline,
+        version: str | None = None,
     ) -> dict[str, Any]:
-        """Score one row; returns outputs by name (a scalar for a one-element output)."""
+        """Score one row; returns outputs by name (a scalar for a one-element output).
+
+        ``version`` asks for a version other than the one the server picks by default.
+        """
         body = _encode_request(self.request(decision_id, vector))
+        url = self._url if version is None else self._versioned_url(version)
         retrying = AsyncRetrying(
             stop=self._stop, wait=self._wait, retry=_RETRY_TRANSIENT, reraise=True
         )
@@ -110,7 +119,7 @@ class ModelClient:
             async with asyncio.timeout(deadline.remaining()):
                 async for attempt in retrying:
                     with attempt:
-                        response = await self._post(body, deadline)
+                        response = await self._post(url, body, deadline)
         except TimeoutError as exc:
             raise DeadlineExceeded(
                 f"model {self.model.name} did not answer within the request deadline",
@@ -128,12 +137,16 @@ class ModelClient:
             ) from exc
         return self._outputs(response)
 
-    async def _post(self, body: bytes, deadline: Deadline) -> InferResponse:
+    def _versioned_url(self, version: str) -> str:
+        base = self.model.endpoint.rstrip("/")
+        return f"{base}/v2/models/{self.model.name}/versions/{quote(version, safe='')}/infer"
+
+    async def _post(self, url: str, body: bytes, deadline: Deadline) -> InferResponse:
         async with self.breaker.guard():
             try:
                 async with asyncio.timeout(deadline.within(self._timeout_s)):
                     async with self._session.post(
-                        self._url, data=body, headers={"content-type": "application/json"}
+                        url, data=body, headers={"content-type": "application/json"}
                     ) as response:
                         raw = await response.read()
                         status = response.status

@@ -47,16 +47,7 @@ class GatewaySettings(msgspec.Struct, frozen=True, kw_only=True):
         registry = env.get("SCOREGATE_REGISTRY")
         if not registry:
             raise SystemExit("SCOREGATE_REGISTRY must name the registry file")
-        writeback = WritebackConfig(
-            database_url=env.get(
-                "SCOREGATE_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/scoregate"
-            ),
-            kafka_bootstrap=env.get("SCOREGATE_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
-            topic=env.get("SCOREGATE_TOPIC", "decision-outcomes"),
-            event_source=env.get("SCOREGATE_EVENT_SOURCE", "/scoregate"),
-            idempotent_producer=_flag(env.get("SCOREGATE_KAFKA_IDEMPOTENT", "false")),
-            **_writeback_tuning(env),
-        )
+        writeback = writeback_from_env(env)
         keys_text = env.get("SCOREGATE_API_KEYS", "")
         keys_file = env.get("SCOREGATE_API_KEYS_FILE")
         try:
@@ -107,6 +98,21 @@ def _writeback_tuning(env: Mapping[str, str]) -> dict[str, Any]:
         except ValueError:
             raise SystemExit(f"{variable}: expected {kind.__name__}, got {raw!r}") from None
     return tuning
+
+
+def writeback_from_env(env: Mapping[str, str] | None = None) -> WritebackConfig:
+    """The write-back settings alone (for ``relay``, ``migrate``, ``dlq``, ``audit``)."""
+    env = os.environ if env is None else env
+    return WritebackConfig(
+        database_url=env.get(
+            "SCOREGATE_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/scoregate"
+        ),
+        kafka_bootstrap=env.get("SCOREGATE_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
+        topic=env.get("SCOREGATE_TOPIC", "decision-outcomes"),
+        event_source=env.get("SCOREGATE_EVENT_SOURCE", "/scoregate"),
+        idempotent_producer=_flag(env.get("SCOREGATE_KAFKA_IDEMPOTENT", "false")),
+        **_writeback_tuning(env),
+    )
 
 
 def _flag(value: str) -> bool:

@@ -1,0 +1,90 @@
+"""What auditors read besides decision records: search pages, the access log, replays
+and the verdict of the tamper-evidence check."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from contracts.decisions import Subject
+from contracts.scoring import ModelRef
+
+ReadVia = Literal["api", "ui", "replay"]
+
+
+class AccessEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """One read of a decision's context: who, when, how and why."""
+
+    decision_id: str
+    key_id: str
+    read_at: datetime
+    via: ReadVia
+    purpose: str | None = None
+
+
+class AccessLog(msgspec.Struct, frozen=True, kw_only=True):
+    """Every recorded read of one decision, oldest first."""
+
+    decision_id: str
+    entries: list[AccessEntry]
+
+
+class DecisionSummary(msgspec.Struct, frozen=True, kw_only=True):
+    """A decision as a search lists it (its context is read, and logged, by id)."""
+
+    decision_id: str
+    request_id: str
+    model: ModelRef
+    subject: Subject
+    decision: str | None
+    degraded: bool
+    status: Literal["made", "rolled_back"]
+    decided_at: datetime
+
+
+class DecisionPage(msgspec.Struct, frozen=True, kw_only=True):
+    """One page of a search, newest first; ``next_cursor`` fetches the next page."""
+
+    items: list[DecisionSummary]
+    next_cursor: str | None = None
+
+
+class ReplayRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``POST /decisions/{id}/replay``: score the recorded vector again."""
+
+    model_version: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
+
+
+class ReplayOutcome(msgspec.Struct, frozen=True, kw_only=True):
+    """What a model made of a feature vector."""
+
+    model: ModelRef
+    outputs: dict[str, Any]
+    decision: str | None
+
+
+class ReplayResult(msgspec.Struct, frozen=True, kw_only=True):
+    """The recorded outcome beside the replayed one; ``match`` when they agree."""
+
+    decision_id: str
+    original: ReplayOutcome
+    replayed: ReplayOutcome
+    match: bool
+
+
+class VerifyReport(msgspec.Struct, frozen=True, kw_only=True):
+    """The result of walking the hash chain of decision records.
+
+    ``first_mismatch`` names the first record whose content or link does not match
+    its seal (or a sealed record that is gone); ``unsealed`` counts records committed
+    too recently to be sealed yet.
+    """
+
+    ok: bool
+    checked: int
+    unsealed: int
+    first_mismatch: str | None = None
+    reason: str | None = None
+    chain_head: str | None = None

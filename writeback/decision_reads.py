@@ -1,0 +1,154 @@
+"""Reading decisions as an auditor: the access log of each decision and keyset search.
+
+Every read of a decision's context is recorded (who, when, how, why); search lists
+summaries only, newest first, with an opaque cursor over ``(decided_at, decision_id)``
+so that a page costs the same at the millionth row as at the first.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from datetime import datetime
+from typing import Literal
+
+import asyncpg
+import msgspec
+
+from contracts.audit import AccessEntry, AccessLog, DecisionPage, DecisionSummary, ReadVia
+from contracts.decisions import Subject
+from contracts.scoring import ModelRef
+
+_RECORD_READ = """
+INSERT INTO decision_reads (decision_id, key_id, via, purpose) VALUES ($1, $2, $3, $4)
+"""
+
+_ACCESS_LOG = """
+SELECT key_id, read_at, via, purpose FROM decision_reads
+WHERE decision_id = $1 ORDER BY seq
+"""
+
+_SEARCH = """
+SELECT d.decision_id, d.request_id, d.model_name, d.model_version, d.subject_entity,
+       d.subject_id, d.decided_at,
+       d.record -> 'subject' ->> 'key' AS subject_key,
+       d.record ->> 'decision' AS decision,
+       (d.record ->> 'degraded')::boolean AS degraded,
+       EXISTS (SELECT 1 FROM rollbacks AS r WHERE r.decision_id = d.decision_id) AS rolled_back
+FROM decisions AS d
+WHERE ($1::text IS NULL OR d.subject_id = $1)
+  AND ($2::text IS NULL OR d.model_name = $2)
+  AND ($3::timestamptz IS NULL OR d.decided_at >= $3)
+  AND ($4::timestamptz IS NULL OR d.decided_at < $4)
+  AND ($5::timestamptz IS NULL OR (d.decided_at, d.decision_id) < ($5, $6::uuid))
+  AND ($7::text IS NULL
+       OR ($7 = 'rolled_back') = EXISTS (
+           SELECT 1 FROM rollbacks AS r WHERE r.decision_id = d.decision_id))
+ORDER BY d.decided_at DESC, d.decision_id DESC
+LIMIT $8
+"""
+
+
+class BadCursor(ValueError):
+    """The cursor was not made by this search."""
+
+
+class _Cursor(msgspec.Struct, array_like=True, frozen=True):
+    decided_at: datetime
+    decision_id: str
+
+
+_encode_cursor = msgspec.msgpack.Encoder().encode
+_decode_cursor = msgspec.msgpack.Decoder(_Cursor).decode
+
+
+def encode_cursor(decided_at: datetime, decision_id: str) -> str:
+    """An opaque cursor after the given decision."""
+    raw = _encode_cursor(_Cursor(decided_at=decided_at, decision_id=decision_id))
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> _Cursor:
+    """The position a cursor names; :class:`BadCursor` if it is not one of ours."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        position = _decode_cursor(raw)
+        uuid.UUID(position.decision_id)
+    except (ValueError, msgspec.DecodeError) as exc:
+        raise BadCursor("cursor is not valid") from exc
+    return position
+
+
+class DecisionReads:
+    """The access log and decision search, on the shared pool."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def record(
+        self, decision_id: str, key_id: str, via: ReadVia, purpose: str | None
+    ) -> None:
+        """Record one read of a decision's context."""
+        await self._pool.execute(_RECORD_READ, uuid.UUID(decision_id), key_id, via, purpose)
+
+    async def access_log(self, decision_id: str) -> AccessLog:
+        """Every recorded read of a decision, oldest first."""
+        rows = await self._pool.fetch(_ACCESS_LOG, uuid.UUID(decision_id))
+        return AccessLog(
+            decision_id=decision_id,
+            entries=[
+                AccessEntry(
+                    decision_id=decision_id,
+                    key_id=row["key_id"],
+                    read_at=row["read_at"],
+                    via=row["via"],
+                    purpose=row["purpose"],
+                )
+                for row in rows
+            ],
+        )
+
+    async def search(
+        self,
+        *,
+        subject: str | None = None,
+        model: str | None = None,
+        status: Literal["made", "rolled_back"] | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> DecisionPage:
+        """One page of decisions matching every given filter, newest first."""
+        after = decode_cursor(cursor) if cursor else None
+        rows = await self._pool.fetch(
+            _SEARCH,
+            subject,
+            model,
+            since,
+            until,
+            after.decided_at if after else None,
+            after.decision_id if after else None,
+            status,
+            limit + 1,
+        )
+        items = [
+            DecisionSummary(
+                decision_id=str(row["decision_id"]),
+                request_id=row["request_id"],
+                model=ModelRef(name=row["model_name"], version=row["model_version"]),
+                subject=Subject(
+                    entity=row["subject_entity"], key=row["subject_key"], id=row["subject_id"]
+                ),
+                decision=row["decision"],
+                degraded=row["degraded"],
+                status="rolled_back" if row["rolled_back"] else "made",
+                decided_at=row["decided_at"],
+            )
+            for row in rows[:limit]
+        ]
+        next_cursor = None
+        if len(rows) > limit:
+            last = items[-1]
+            next_cursor = encode_cursor(last.decided_at, last.decision_id)
+        return DecisionPage(items=items, next_cursor=next_cursor)
