@@ -24,6 +24,7 @@ import random
 import socket
 import time
 import traceback
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -190,7 +191,8 @@ class OutboxRelay:
         self._stopping = False
         self._topics_ready = False
         self._tasks: list[asyncio.Task[None]] = []
-        self._identity = f"relay@{socket.gethostname()}:{os.getpid()}"
+        # Host and process, and which relay of the process (tests run several).
+        self._identity = f"relay@{socket.gethostname()}:{os.getpid()}/{uuid.uuid4().hex[:6]}"
         self.published = 0
         self.failed = 0
         self.dead_lettered = 0

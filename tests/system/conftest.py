@@ -146,15 +146,16 @@ async def unaudited(pg: asyncpg.Connection, decision_ids: set[str]) -> set[str]:
     return decision_ids - {str(row["decision_id"]) for row in rows}
 
 
-async def commit_to_publish_ms(pg: asyncpg.Connection) -> tuple[float, float]:
+async def commit_to_publish_ms(pg: asyncpg.Connection, after_seq: int = 0) -> tuple[float, float]:
     """p50 and p99 of commit-to-publish of events delivered at their first attempt."""
     row = await pg.fetchrow(
         """
         SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY d) AS p50,
                percentile_cont(0.99) WITHIN GROUP (ORDER BY d) AS p99
         FROM (SELECT extract(epoch FROM delivered_at - created_at) * 1000 AS d
-              FROM outbox WHERE status = 'delivered' AND attempts = 1) AS delays
-        """
+              FROM outbox WHERE status = 'delivered' AND attempts = 1 AND seq > $1) AS delays
+        """,
+        after_seq,
     )
     assert row is not None
     return round(row["p50"] or 0.0, 1), round(row["p99"] or 0.0, 1)
