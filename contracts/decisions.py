@@ -112,6 +112,7 @@ class DecisionRecord(msgspec.Struct, frozen=True, kw_only=True):
     received_at: datetime
     decided_at: datetime
     timings: StageTimings
+    trace_id: str | None = None
     status: Literal["made", "rolled_back"] = "made"
     committed_at: datetime | None = None
     writeback: list[WritebackState] = msgspec.field(default_factory=list)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
 from collections.abc import Iterable
 from typing import Any, Literal
 
@@ -29,10 +30,13 @@ from litestar.middleware.authentication import (
 )
 from litestar.types import ASGIApp
 
+from gateway.observability import tracer
+
 Role = Literal["scorer", "auditor", "operator", "admin"]
 ROLES: tuple[Role, ...] = ("scorer", "auditor", "operator", "admin")
 SCOPES = frozenset({"pii"})
 COOKIE = "scoregate_key"
+AUTH_DONE = "scoregate.auth_done_ns"
 
 
 class KeyConfigError(ValueError):
@@ -156,6 +160,13 @@ class ApiKeyAuthentication(AbstractAuthenticationMiddleware):
         self, connection: ASGIConnection[Any, Any, Any, Any]
     ) -> AuthenticationResult:
         """401 unless the request carries a configured key."""
+        with tracer.start_as_current_span("auth"):
+            result = self._authenticate(connection)
+        # Where decoding starts: the handler closes a "decode" span from here.
+        connection.scope.setdefault("state", {})[AUTH_DONE] = time.time_ns()
+        return result
+
+    def _authenticate(self, connection: ASGIConnection[Any, Any, Any, Any]) -> AuthenticationResult:
         header = connection.headers.get("authorization", "")
         scheme, _, presented = header.partition(" ")
         if scheme.lower() != "bearer" or not presented:

@@ -14,6 +14,7 @@ from urllib.parse import quote
 
 import aiohttp
 import msgspec
+from opentelemetry.trace import SpanKind
 from tenacity import (
     AsyncRetrying,
     retry_if_exception_type,
@@ -27,6 +28,7 @@ from contracts.registry import DType, Model
 from gateway.breaker import BreakerOpen, DependencyBreaker
 from gateway.deadline import Deadline
 from gateway.errors import DeadlineExceeded, GatewayError, Unavailable
+from gateway.observability import inject, tracer
 
 _encode_request = msgspec.json.Encoder().encode
 _decode_response = msgspec.json.Decoder(InferResponse).decode
@@ -142,12 +144,17 @@ class ModelClient:
         return f"{base}/v2/models/{self.model.name}/versions/{quote(version, safe='')}/infer"
 
     async def _post(self, url: str, body: bytes, deadline: Deadline) -> InferResponse:
+        with tracer.start_as_current_span(
+            f"model {self.model.name} infer", kind=SpanKind.CLIENT, attributes={"url.full": url}
+        ):
+            return await self._post_once(url, body, deadline)
+
+    async def _post_once(self, url: str, body: bytes, deadline: Deadline) -> InferResponse:
+        headers = inject({"content-type": "application/json"})
         async with self.breaker.guard():
             try:
                 async with asyncio.timeout(deadline.within(self._timeout_s)):
-                    async with self._session.post(
-                        url, data=body, headers={"content-type": "application/json"}
-                    ) as response:
+                    async with self._session.post(url, data=body, headers=headers) as response:
                         raw = await response.read()
                         status = response.status
             except (aiohttp.ClientError, TimeoutError) as exc:

@@ -13,6 +13,7 @@ from contracts.deadletters import DeadLetter, DeadLetterPage
 from gateway import metrics
 from gateway.auth import Principal, requires
 from gateway.errors import BadRequest, GatewayError, NotFound, Unavailable
+from gateway.observability import observe_breakers
 from writeback.audit_store import AuditUnavailable
 from writeback.dead_letters import NotDeadLettered
 
@@ -69,6 +70,7 @@ async def redrive(
 
 
 async def _metrics(gateway: Gateway) -> Response[bytes]:
+    observe_breakers(gateway.breakers().items())
     body = await metrics.render(gateway.dead_letters)
     return Response(body, media_type=metrics.CONTENT_TYPE)
 

@@ -17,6 +17,7 @@ from gateway.errors import BadRequest, Unavailable
 from gateway.features.assembler import FeatureAssembler
 from gateway.ids import new_decision_id
 from gateway.model_client import ModelClient
+from gateway.observability import current_trace_id, observe_features, tracer
 from gateway.registry import ModelPlan, Registry, coerce
 from writeback.audit_store import AuditStore, AuditUnavailable
 
@@ -130,6 +131,7 @@ class Scorer:
         assembly = await self._assembler.assemble(
             plan, entity_ids, context, deadline.reserving(model_reserve_s), received_at
         )
+        observe_features(assembly.values)
         vector = [assembly.values[name].value for name in plan.vector]
         model_started = time.perf_counter()
         outputs = await self._models[model.name].infer(
@@ -162,6 +164,7 @@ class Scorer:
             problems=assembly.problems,
             received_at=received_at,
             decided_at=decided_at,
+            trace_id=current_trace_id(),
             timings=StageTimings(
                 online_store_ms=round(assembly.online_store_ms, 3),
                 sources_ms=round(assembly.sources_ms, 3),
@@ -181,7 +184,8 @@ class Scorer:
             decided_at=decided_at,
         )
         try:
-            committed = await self._audit.commit(record, event, key=subject.id)
+            with tracer.start_as_current_span("audit commit"):
+                committed = await self._audit.commit(record, event, key=subject.id)
         except AuditUnavailable as exc:
             raise Unavailable(
                 "the audit store is unavailable; no decision is given that cannot be audited",

@@ -30,6 +30,7 @@ from gateway.features.online_store import (
     to_millis,
 )
 from gateway.features.sources import SourceClient, SourceError, SourceRecord
+from gateway.observability import tracer
 from gateway.registry import ModelPlan, Registry, coerce
 
 log = logging.getLogger(__name__)
@@ -130,7 +131,8 @@ class FeatureAssembler:
         reads = [(entity, entity_ids[entity], names) for entity, names in by_entity.items()]
         started = time.perf_counter()
         try:
-            rows = await self._store.read(reads, deadline)
+            with tracer.start_as_current_span("online_store read"):
+                rows = await self._store.read(reads, deadline)
         except StoreUnavailable as exc:
             log.warning("online store unavailable, serving from sources: %s", exc)
             assembly.degraded = True

@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 import msgspec
+from opentelemetry.trace import SpanKind
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -26,6 +27,7 @@ from tenacity.stop import stop_base
 from contracts.registry import Source
 from gateway.breaker import DependencyBreaker
 from gateway.deadline import Deadline
+from gateway.observability import inject, tracer
 
 log = logging.getLogger(__name__)
 
@@ -139,11 +141,17 @@ class SourceClient:
         if self._slots.locked():
             raise SourceBusy(self.source.name, "too many concurrent calls")
         url = f"{self.source.url}{path}"
+        with tracer.start_as_current_span(
+            f"source {self.source.name}", kind=SpanKind.CLIENT, attributes={"url.full": url}
+        ):
+            return await self._call(url, deadline)
+
+    async def _call(self, url: str, deadline: Deadline) -> SourceRecord:
         async with self._slots, self.breaker.guard():
             self.calls += 1
             try:
                 async with asyncio.timeout(deadline.within(self._timeout_s)):
-                    async with self._session.get(url) as response:
+                    async with self._session.get(url, headers=inject({})) as response:
                         body = await response.read()
                         status = response.status
             except TimeoutError as exc:

@@ -1,0 +1,187 @@
+"""Traces and serving metrics of the online path.
+
+Traces: a span per request (``SERVER``) and per stage (auth, decode, online store
+read, each source fetch, model call, audit commit), with W3C trace context taken from
+the caller and passed on to sources, the model server and, through the outbox, the
+Kafka headers of each event. Spans go to OTLP when ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or
+``..._TRACES_ENDPOINT``) is set; otherwise the tracer is OpenTelemetry's no-op one,
+which still carries the caller's trace id through, at the cost of a few object
+creations per request.
+
+Metrics (Prometheus, via prometheus_client): request latency per route and model,
+served staleness per feature and whether it was within its SLA, fallbacks and policy
+outcomes per feature and source, breaker states.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Mapping, MutableMapping
+from typing import Any
+
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from prometheus_client import Counter, Gauge, Histogram
+
+from contracts.features import FeatureValue
+
+tracer = trace.get_tracer("scoregate")
+"""The tracer of every scoregate span (a proxy: it follows the global provider)."""
+
+_propagator = TraceContextTextMapPropagator()
+
+REQUEST_SECONDS = Histogram(
+    "scoregate_http_server_request_duration_seconds",
+    "Time to answer an HTTP request, by route, method, status class and model.",
+    ["route", "method", "status_class", "model"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+STALENESS_SECONDS = Histogram(
+    "scoregate_feature_staleness_seconds",
+    "Age of served feature values (scoring time minus event time), by feature.",
+    ["feature"],
+    buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 21600, 86400, 604800),
+)
+SERVED = Counter(
+    "scoregate_feature_values_served_total",
+    "Feature values served, by feature, status and whether within the freshness SLA;"
+    ' share within SLA = sum(within_sla="true") / sum.',
+    ["feature", "status", "within_sla"],
+)
+FALLBACKS = Counter(
+    "scoregate_feature_fallbacks_total",
+    "Features not served fresh from the online store, by feature, source and outcome"
+    " (fetched from the source, or the policy: stale, default).",
+    ["feature", "source", "outcome"],
+)
+BREAKER_STATE = Gauge(
+    "scoregate_circuit_breaker_state",
+    "Circuit breaker state per dependency: 0 closed, 1 half-open, 2 open.",
+    ["dependency"],
+)
+_BREAKER_LEVELS = {"closed": 0, "half-open": 1, "open": 2}
+
+
+def tracer_provider_from_env(env: Mapping[str, str] | None = None) -> Any:
+    """An SDK tracer provider exporting over OTLP/HTTP, if an endpoint is configured."""
+    env = os.environ if env is None else env
+    if not (
+        env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    ):
+        return None
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    resource = Resource.create({"service.name": env.get("OTEL_SERVICE_NAME", "scoregate")})
+    provider = TracerProvider(resource=resource)
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    return provider
+
+
+def inject(headers: MutableMapping[str, str]) -> MutableMapping[str, str]:
+    """Add the current span's ``traceparent`` (and ``tracestate``) to ``headers``."""
+    _propagator.inject(headers)
+    return headers
+
+
+def traceparent() -> str | None:
+    """The current span's ``traceparent``, if there is a valid one."""
+    carrier: dict[str, str] = {}
+    _propagator.inject(carrier)
+    return carrier.get("traceparent")
+
+
+def current_trace_id() -> str | None:
+    """The current trace's id as 32 hex digits, if there is one."""
+    context = trace.get_current_span().get_span_context()
+    return f"{context.trace_id:032x}" if context.is_valid else None
+
+
+def record_stage(name: str, start_ns: int, end_ns: int | None = None) -> None:
+    """A span for a stage measured before its span could be opened (auth, decode)."""
+    span = tracer.start_span(name, start_time=start_ns)
+    span.end(end_time=end_ns or time.time_ns())
+
+
+def observe_features(values: Mapping[str, FeatureValue]) -> None:
+    """Count the served values and their staleness, per feature."""
+    for name, value in values.items():
+        if value.status == "request":
+            continue
+        staleness = value.staleness_ms
+        within = (
+            staleness is not None
+            and value.max_staleness_ms is not None
+            and staleness <= value.max_staleness_ms
+        )
+        SERVED.labels(name, value.status, "true" if within else "false").inc()
+        if staleness is not None:
+            STALENESS_SECONDS.labels(name).observe(staleness / 1000)
+        if value.status != "fresh":
+            outcome = "fetched" if value.status == "fallback" else value.status
+            FALLBACKS.labels(name, value.source, outcome).inc()
+
+
+def observe_breakers(states: Iterable[tuple[str, str]]) -> None:
+    """Set the breaker gauge from each dependency's state."""
+    for dependency, state in states:
+        BREAKER_STATE.labels(dependency).set(_BREAKER_LEVELS.get(state, 2))
+
+
+class TracingMiddleware:
+    """Opens the request's server span (continuing the caller's trace) and times it.
+
+    Health probes and ``/metrics`` are neither traced nor timed.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != ScopeType.HTTP or path.startswith(("/health", "/metrics")):
+            await self.app(scope, receive, send)
+            return
+        carrier = {
+            key.decode("latin-1"): value.decode("latin-1")
+            for key, value in scope["headers"]
+            if key in (b"traceparent", b"tracestate")
+        }
+        parent = _propagator.extract(carrier) if carrier else None
+        status = 500
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        method = str(scope.get("method", ""))
+        started = time.perf_counter()
+        with tracer.start_as_current_span(
+            f"{method} {path}", context=parent, kind=SpanKind.SERVER
+        ) as span:
+            await self.app(scope, receive, send_and_note)
+            route = _route_of(scope)
+            span.update_name(f"{method} {route}")
+            span.set_attribute("http.request.method", method)
+            span.set_attribute("http.route", route)
+            span.set_attribute("http.response.status_code", status)
+        model = scope.get("state", {}).get("scoregate.model", "")
+        REQUEST_SECONDS.labels(route, method, f"{status // 100}xx", model).observe(
+            time.perf_counter() - started
+        )
+
+
+def _route_of(scope: Scope) -> str:
+    handler = scope.get("route_handler")
+    paths = getattr(handler, "paths", None)
+    if paths:
+        return str(sorted(paths)[0]).replace(":str}", "}")
+    return "unmatched"
