@@ -47,6 +47,7 @@ from gateway.registry import Registry, load_registry
 from gateway.replay import Replayer
 from gateway.scoring import Scorer
 from gateway.settings import GatewaySettings
+from gateway.ui import ui_handlers, ui_template_config
 from writeback.audit_store import AuditStore, AuditUnavailable
 from writeback.dead_letters import DeadLetterQueue
 from writeback.decision_reads import DecisionReads
@@ -390,6 +391,7 @@ def create_app(settings: GatewaySettings, registry: Registry | None = None) -> L
             ready,
             *operation_handlers(metrics_public=settings.metrics_public),
             *audit_handlers,
+            *ui_handlers,
         ],
         plugins=[Gateway(settings, registry)],
         exception_handlers={
@@ -399,5 +401,6 @@ def create_app(settings: GatewaySettings, registry: Registry | None = None) -> L
             Exception: _internal_error,
         },
         openapi_config=OpenAPIConfig(title="scoregate", version="1"),
+        template_config=ui_template_config(),
         signature_types=[Gateway],
     )
