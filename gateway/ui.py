@@ -223,7 +223,7 @@ def _viewer(request: Request[Any, Any, Any], gateway: NamedDependency[Gateway]) 
 
 
 def _optional(text: str | None) -> str | None:
-    return text.strip() or None if text else None
+    return (text.strip() or None) if text else None
 
 
 def _moment(text: str | None, name: str) -> datetime | None:
@@ -245,6 +245,12 @@ _STATUSES: dict[str | None, Literal["made", "rolled_back"] | None] = {
 }
 
 
+@get("/", opt=_PUBLIC, include_in_schema=False, status_code=303)
+async def home() -> Redirect:
+    """The search page is where the pages start."""
+    return Redirect(_HOME, status_code=303)
+
+
 @get("/login", opt=_PUBLIC, include_in_schema=False)
 async def login_form(
     back: Annotated[str | None, QueryParameter(name="next", max_length=1000)] = None,
@@ -261,7 +267,8 @@ async def login(
 ) -> Response[Any]:
     """Check the key and keep it in the page's cookie; the form again if it is wrong."""
     back = _safe_next(data.next)
-    principal = KeyRing(gateway.settings.api_keys).authenticate(data.key.strip())
+    key = data.key.strip()
+    principal = KeyRing(gateway.settings.api_keys).authenticate(key) if key else None
     if principal is None:
         context = {"next": back, "message": "That key is not valid."}
         return Template("login.html", context=context, status_code=401)
@@ -270,7 +277,7 @@ async def login(
         return Template("login.html", context={"next": back, "message": message}, status_code=403)
     cookie = Cookie(
         key=COOKIE,
-        value=data.key.strip(),
+        value=key,
         path="/ui",
         httponly=True,
         samesite="strict",
@@ -374,7 +381,7 @@ async def decision_page(
     )
 
 
-def _error_page(request: Request[Any, Any, Any], status_code: int, detail: str) -> Template:
+def _error_page(status_code: int, detail: str) -> Template:
     titles = {400: "Bad request", 403: "Not allowed", 404: "Not found", 503: "Unavailable"}
     return Template(
         "error.html",
@@ -400,16 +407,16 @@ def _http_page(request: Request[Any, Any, Any], exc: HTTPException) -> Response[
             if isinstance(item, dict)
         ]
         detail = "; ".join(found) or detail
-    return _error_page(request, exc.status_code, detail)
+    return _error_page(exc.status_code, detail)
 
 
 def _gateway_page(request: Request[Any, Any, Any], exc: GatewayError) -> Response[Any]:
-    return _error_page(request, exc.status_code, exc.detail)
+    return _error_page(exc.status_code, exc.detail)
 
 
 def _internal_page(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return _error_page(request, 500, "The page could not be made; the error is logged.")
+    return _error_page(500, "The page could not be made; the error is logged.")
 
 
 def _filters(environment: Environment) -> None:
@@ -430,7 +437,7 @@ def ui_template_config() -> TemplateConfig[JinjaTemplateEngine]:
 ui_handlers: list[ControllerRouterHandler] = [
     Router(
         path="/ui",
-        route_handlers=[login_form, login, logout, search_page, decision_page],
+        route_handlers=[home, login_form, login, logout, search_page, decision_page],
         dependencies={"viewer": Provide(_viewer, sync_to_thread=False)},
         exception_handlers={
             _LoginRequired: _to_login,

@@ -110,6 +110,7 @@ def test_durations_read_like_a_person_writes_them() -> None:
 
 async def test_login_sets_a_strict_http_only_cookie_and_pages_need_it(client: Client) -> None:
     async with browser_like(client) as http:
+        assert (await http.get("/ui")).headers["location"] == "/ui/decisions"
         away = await http.get("/ui/decisions", params={"subject": "c-1"})
         assert away.status_code == 303
         assert away.headers["location"] == "/ui/login?next=/ui/decisions%3Fsubject%3Dc-1"
@@ -120,10 +121,11 @@ async def test_login_sets_a_strict_http_only_cookie_and_pages_need_it(client: Cl
         assert 'value="/ui/decisions?subject=c-1"' in form.text
         assert "<script" not in form.text
 
-        wrong = await http.post("/ui/login", data={"key": "sk-nobody"})
-        assert wrong.status_code == 401
-        assert "That key is not valid." in wrong.text
-        assert COOKIE not in wrong.headers.get("set-cookie", "")
+        for wrong_key in ("sk-nobody", ""):
+            wrong = await http.post("/ui/login", data={"key": wrong_key})
+            assert wrong.status_code == 401
+            assert "That key is not valid." in wrong.text
+            assert COOKIE not in wrong.headers.get("set-cookie", "")
 
         scorer = await http.post("/ui/login", data={"key": KEYS["scorer"]})
         assert scorer.status_code == 403
