@@ -28,13 +28,14 @@ from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.params import FromPath, HeaderParameter, JSONBody
 from litestar.plugins import InitPluginProtocol
+from opentelemetry import trace
 
 from contracts.decisions import DecisionRecord, RollbackRequest, RollbackState
 from contracts.features import PushRequest, PushResponse
 from contracts.registry import RegistryFile
 from contracts.scoring import ErrorBody, ScoreRequest, ScoreResponse
 from gateway.auditing import PurposeHeader, audit_handlers, read_decision
-from gateway.auth import ApiKeyAuthentication, KeyRing, Principal, requires
+from gateway.auth import AUTH_DONE, ApiKeyAuthentication, KeyRing, Principal, requires
 from gateway.errors import GatewayError, NotFound, Unavailable
 from gateway.features.assembler import FeatureAssembler
 from gateway.features.online_store import OnlineStore
@@ -42,6 +43,7 @@ from gateway.features.push import FeaturePusher
 from gateway.features.sources import SourceClient
 from gateway.masking import PiiMasker
 from gateway.model_client import ModelClient
+from gateway.observability import TracingMiddleware, record_stage, tracer_provider_from_env
 from gateway.operations import operation_handlers
 from gateway.registry import Registry, load_registry
 from gateway.replay import Replayer
@@ -270,6 +272,9 @@ async def score(
     ] = None,
 ) -> ScoreResponse:
     """Score one subject with one model; the answer is committed to the audit store."""
+    state = request.scope["state"]
+    record_stage("decode", state.get(AUTH_DONE, time.time_ns()))
+    state["scoregate.model"] = data.model
     principal = request.user
     response = await gateway.scorer.score(data, principal.key_id, timeout_ms)
     return response if principal.sees_pii else gateway.masker.response(response)
@@ -376,11 +381,14 @@ def create_app(settings: GatewaySettings, registry: Registry | None = None) -> L
             "no API keys configured: set SCOREGATE_API_KEYS or SCOREGATE_API_KEYS_FILE"
             " (scoregate keys new --role admin makes one)"
         )
+    provider = tracer_provider_from_env()
+    if provider is not None:
+        trace.set_tracer_provider(provider)
     authentication = DefineMiddleware(
         ApiKeyAuthentication, keyring=KeyRing(settings.api_keys), exclude=["^/schema"]
     )
     return Litestar(
-        middleware=[authentication],
+        middleware=[TracingMiddleware, authentication],
         route_handlers=[
             score,
             push_features,

@@ -22,6 +22,7 @@ import msgspec
 from contracts.decisions import DecisionRecord, RollbackState, WritebackEntry, WritebackState
 from contracts.events import DECISION_MADE, DECISION_ROLLED_BACK, DecisionMade, DecisionRolledBack
 from writeback.config import WritebackConfig
+from writeback.tracing import current_traceparent
 
 logger = logging.getLogger(__name__)
 
@@ -51,10 +52,10 @@ _COMMIT_BATCH = """
 WITH incoming AS (
     SELECT * FROM unnest(
         $1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-        $8::timestamptz[], $9::json[], $10::uuid[], $11::text[], $12::bytea[]
+        $8::timestamptz[], $9::json[], $10::uuid[], $11::text[], $12::bytea[], $15::text[]
     ) WITH ORDINALITY AS i(
         decision_id, caller, request_id, model_name, model_version, subject_entity,
-        subject_id, decided_at, record, event_id, message_key, payload, ord
+        subject_id, decided_at, record, event_id, message_key, payload, traceparent, ord
     )
 ),
 -- The first of each (caller, request_id) wins, in this batch and across batches.
@@ -76,8 +77,11 @@ inserted AS (
     RETURNING decision_id, committed_at
 ),
 queued AS (
-    INSERT INTO outbox (event_id, decision_id, event_type, topic, message_key, payload, event_time)
-    SELECT i.event_id, i.decision_id, $13, $14, i.message_key, i.payload, i.decided_at
+    INSERT INTO outbox (
+        event_id, decision_id, event_type, topic, message_key, payload, event_time, traceparent
+    )
+    SELECT i.event_id, i.decision_id, $13, $14, i.message_key, i.payload, i.decided_at,
+           i.traceparent
     FROM incoming AS i JOIN inserted USING (decision_id)
     ORDER BY i.ord
     RETURNING decision_id, event_id, event_type, topic, created_at
@@ -154,8 +158,10 @@ FROM rollbacks WHERE decision_id = $1
 
 _QUEUE_EVENT = """
 WITH queued AS (
-    INSERT INTO outbox (event_id, decision_id, event_type, topic, message_key, payload, event_time)
-    VALUES ($1, $2, $3, $4, $5, $6, $7)
+    INSERT INTO outbox (
+        event_id, decision_id, event_type, topic, message_key, payload, event_time, traceparent
+    )
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
     RETURNING event_id, decision_id, event_type, topic, created_at
 )
 INSERT INTO writeback_timeline (event_id, decision_id, event_type, stage, at, topic)
@@ -190,6 +196,8 @@ class _PendingCommit:
     event_id: uuid.UUID
     payload: bytes
     key: str
+    # The committing request's trace context, for the relay's publish span.
+    traceparent: str | None
     # None: (caller, request_id) was already committed; the caller fetches that record.
     future: asyncio.Future[DecisionRecord | None]
 
@@ -358,6 +366,7 @@ class AuditStore:
             event_id=uuid.uuid4(),
             payload=_encoder.encode(event),
             key=key,
+            traceparent=current_traceparent(),
             future=asyncio.get_running_loop().create_future(),
         )
         self._queue.put_nowait(pending)
@@ -467,6 +476,7 @@ class AuditStore:
                 found["message_key"] or record.subject.id,
                 _encoder.encode(event),
                 now,
+                current_traceparent(),
             )
             await conn.execute(_NOTIFY)
         return _rollback_state(row), True
@@ -564,6 +574,7 @@ class AuditStore:
                 [pending.payload for pending in batch],
                 DECISION_MADE,
                 self._config.topic,
+                [pending.traceparent for pending in batch],
             )
 
     def _committed(self, pending: _PendingCommit, row: asyncpg.Record) -> DecisionRecord:

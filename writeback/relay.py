@@ -31,11 +31,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+from opentelemetry.trace import StatusCode
 
 from writeback import metrics
 from writeback.audit_store import NOTIFY_CHANNEL
 from writeback.config import WritebackConfig
 from writeback.kafka import KafkaPublisher, OutgoingMessage, failure_kind, is_too_large
+from writeback.tracing import publish_span, trace_headers
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +49,7 @@ _LISTEN_PROBE_TIMEOUT_S = 5.0
 _CLAIM = """
 SELECT o.seq, o.event_id, o.decision_id, o.event_type, o.topic, o.message_key, o.payload,
        o.event_time, o.created_at, o.attempts, o.failures, o.error_class, o.last_error,
-       o.first_failed_at, o.last_failed_at, o.dead_letter_reason
+       o.first_failed_at, o.last_failed_at, o.dead_letter_reason, o.traceparent
 FROM outbox AS o
 WHERE o.status = 'pending'
   AND o.next_attempt_at <= now()
@@ -319,7 +321,24 @@ class OutboxRelay:
         if not outcomes:
             return
         started = time.perf_counter()
-        results = await self._publisher.publish([self._message(o.row) for o in outcomes])
+        with contextlib.ExitStack() as spans:
+            opened = [
+                spans.enter_context(
+                    publish_span(o.row["topic"], str(o.row["event_id"]), o.row["traceparent"])
+                )
+                for o in outcomes
+            ]
+            messages = [
+                self._message(o.row, trace_headers(span))
+                for o, span in zip(outcomes, opened, strict=True)
+            ]
+            results = await self._publisher.publish(messages)
+            for span, result in zip(opened, results, strict=True):
+                if isinstance(result, BaseException):
+                    span.set_status(StatusCode.ERROR, _describe(result))
+                else:
+                    span.set_attribute("messaging.kafka.offset", result.offset)
+                    span.set_attribute("messaging.destination.partition.id", str(result.partition))
         metrics.PUBLISH_DURATION.observe(time.perf_counter() - started)
         for outcome, result in zip(outcomes, results, strict=True):
             outcome.attempted = True
@@ -398,12 +417,14 @@ class OutboxRelay:
             ("content-type", _CONTENT_TYPE),
         ]
 
-    def _message(self, row: asyncpg.Record) -> OutgoingMessage:
+    def _message(
+        self, row: asyncpg.Record, trace: list[tuple[str, bytes]] | None = None
+    ) -> OutgoingMessage:
         return OutgoingMessage(
             topic=row["topic"],
             key=row["message_key"].encode(),
             value=row["payload"],
-            headers=self._cloudevent_headers(row),
+            headers=self._cloudevent_headers(row) + (trace or []),
         )
 
     def _dead_letter(
