@@ -150,9 +150,16 @@ class Model(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
 
 
 class OnlineStoreSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """How the gateway treats the online store (Redis): per-read timeout and breaker."""
+    """How the gateway treats the online store (Redis): per-read timeout and breaker.
 
-    timeout_ms: Millis = 50
+    A Redis read takes well under a millisecond; the timeout is for a Redis that hangs.
+    It is generous because it also counts the time the gateway's own event loop takes
+    to get back to the read: a tight one would open the breaker whenever the gateway
+    itself is busy, and send every feature to the sources just when they can least
+    afford it.
+    """
+
+    timeout_ms: Millis = 200
     breaker: BreakerPolicy = msgspec.field(
         default_factory=lambda: BreakerPolicy(fail_max=5, reset_timeout_ms=5000)
     )
