@@ -49,15 +49,14 @@ ERRORS = "scoregate.errors."
 
 def tuned(settings: GatewaySettings, **writeback: object) -> GatewaySettings:
     """Settings with quick retries, so recoveries take seconds; overrides on top."""
-    config = msgspec.structs.replace(
-        settings.writeback,
-        relay_poll_interval_ms=100,
-        relay_backoff_ms=50,
-        relay_max_backoff_ms=500,
-        publish_timeout_ms=2000,
-        maintenance_interval_s=0,
-        **writeback,
-    )
+    quick: dict[str, object] = {
+        "relay_poll_interval_ms": 100,
+        "relay_backoff_ms": 50,
+        "relay_max_backoff_ms": 500,
+        "publish_timeout_ms": 2000,
+        "maintenance_interval_s": 0,
+    }
+    config = msgspec.structs.replace(settings.writeback, **(quick | writeback))
     return msgspec.structs.replace(settings, writeback=config)
 
 
@@ -255,7 +254,8 @@ async def test_two_relays_under_load_publish_each_event_once(
 async def test_commit_to_publish_latency_in_normal_operation(
     settings: GatewaySettings, pg: asyncpg.Connection
 ) -> None:
-    async with serve(create_app(tuned(settings))) as http:
+    # A poll interval far above the figures: only the wake-up on commit explains them.
+    async with serve(create_app(tuned(settings, relay_poll_interval_ms=5000))) as http:
         # Warm up: the first cycle starts the producer and creates the topics.
         await steady_load(str(http.base_url), rate=10, seconds=0.5)
         await wait_drained(pg)
@@ -276,8 +276,9 @@ async def test_commit_to_publish_latency_in_normal_operation(
         commit_to_publish_p99_ms=p99,
     )
     assert summary["lost"] == summary["duplicates"] == 0
-    # The relay wakes on NOTIFY: tens of milliseconds, not its poll interval.
-    assert p50 < 100
+    # The relay wakes on NOTIFY: milliseconds (tens on a busy machine), never the
+    # five-second poll.
+    assert p50 < 1000
 
 
 async def test_postgres_outage_answers_503_and_recovers_by_itself(
