@@ -107,3 +107,14 @@ async def test_metrics_in_prometheus_text_format(
     assert families["scoregate_relay_publish_duration_seconds"].type == "histogram"
     assert samples["scoregate_relay_events_published_total"] >= 3
     assert "scoregate_relay_events_dead_lettered" in families
+
+
+async def test_metrics_behind_the_operator_role_when_not_public(
+    settings: GatewaySettings,
+) -> None:
+    private = msgspec.structs.replace(settings, metrics_public=False, run_relay=False)
+    async with serve(create_app(private), who="operator") as http:
+        assert (await http.get("/metrics")).status_code == 200
+        assert (await http.get("/metrics", headers=bearer("scorer"))).status_code == 403
+        anonymous = await http.get("/metrics", headers={"Authorization": ""})
+        assert anonymous.status_code == 401
