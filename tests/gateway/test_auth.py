@@ -21,7 +21,13 @@ ROUTES = [
     ("POST", "/score", "scorer"),
     ("POST", "/features/push", "scorer"),
     ("GET", f"/decisions/{DECISION}", "auditor"),
+    ("GET", "/decisions", "auditor"),
+    ("GET", f"/decisions/{DECISION}/access-log", "auditor"),
+    ("GET", "/audit/verify", "auditor"),
     ("POST", f"/decisions/{DECISION}/rollback", "operator"),
+    ("POST", f"/decisions/{DECISION}/replay", "operator"),
+    ("GET", "/dlq", "operator"),
+    ("POST", "/dlq/0b7c5f3e-0000-4000-8000-000000000000/redrive", "operator"),
 ]
 PAYLOADS = {
     "/score": body(),
@@ -64,7 +70,7 @@ def test_keyring_knows_only_configured_keys() -> None:
 async def test_each_route_wants_a_key_and_its_role(
     client: Client, method: str, path: str, role: str
 ) -> None:
-    payload = PAYLOADS.get(path, {"reason": "checking access"})
+    payload = PAYLOADS.get(path, {"reason": "checking access"} if "rollback" in path else {})
     kwargs = {"json": payload} if method == "POST" else {}
     no_key = await client.request(method, path, headers={"Authorization": ""}, **kwargs)
     assert no_key.status_code == 401
