@@ -100,6 +100,7 @@ class Gateway(InitPluginProtocol):
         self.sources: dict[str, SourceClient] = {}
         self.models: dict[str, ModelClient] = {}
         self.pusher = FeaturePusher(self.registry, self.store)
+        self.admission = Admission(settings.max_in_flight)
         self.masker = PiiMasker(settings.pii_key or _random_pii_key(), _pii_names(self.registry))
         self.assembler: FeatureAssembler | None = None
 
@@ -236,6 +237,30 @@ class Gateway(InitPluginProtocol):
             raise ConnectionError(f"{model.model.endpoint} is not ready")
 
 
+class Admission:
+    """A cap on the ``/score`` requests in flight: past it, answer 503 at once.
+
+    Under overload a gateway that queues makes every caller wait and time out; one
+    that refuses the excess keeps serving the rest within their deadlines, and tells
+    the others when to come back.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_flight = 0
+
+    async def __aenter__(self) -> None:
+        if self.in_flight >= self.limit:
+            raise Unavailable(
+                f"overloaded: {self.limit} requests in flight; retry shortly",
+                headers={"Retry-After": "1"},
+            )
+        self.in_flight += 1
+
+    async def __aexit__(self, *_: object) -> None:
+        self.in_flight -= 1
+
+
 def _random_pii_key() -> bytes:
     log.warning("SCOREGATE_PII_KEY is not set: PII masks are not comparable across processes")
     return secrets.token_bytes(32)
@@ -276,7 +301,8 @@ async def score(
     record_stage("decode", state.get(AUTH_DONE, time.time_ns()))
     state["scoregate.model"] = data.model
     principal = request.user
-    response = await gateway.scorer.score(data, principal.key_id, timeout_ms)
+    async with gateway.admission:
+        response = await gateway.scorer.score(data, principal.key_id, timeout_ms)
     return response if principal.sees_pii else gateway.masker.response(response)
 
 

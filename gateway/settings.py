@@ -28,6 +28,8 @@ class GatewaySettings(msgspec.Struct, frozen=True, kw_only=True):
         pii_key: the key of the PII masks' hash (``SCOREGATE_PII_KEY``); without it
             masks are random per process and not comparable across restarts.
         metrics_public: serve ``/metrics`` without a key (``SCOREGATE_METRICS_PUBLIC``).
+        max_in_flight: ``/score`` requests one process works on at once; more are
+            refused at once with 503 and ``Retry-After`` (``SCOREGATE_MAX_IN_FLIGHT``).
     """
 
     registry_path: Path
@@ -39,6 +41,7 @@ class GatewaySettings(msgspec.Struct, frozen=True, kw_only=True):
     api_keys: tuple[ApiKey, ...] = ()
     pii_key: bytes | None = None
     metrics_public: bool = True
+    max_in_flight: int = 512
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> GatewaySettings:
@@ -61,6 +64,7 @@ class GatewaySettings(msgspec.Struct, frozen=True, kw_only=True):
             api_keys=api_keys,
             pii_key=pii_key.encode() if pii_key else None,
             metrics_public=_flag(env.get("SCOREGATE_METRICS_PUBLIC", "true")),
+            max_in_flight=_positive(env, "SCOREGATE_MAX_IN_FLIGHT", 512),
             registry_path=Path(registry),
             redis_url=env.get("SCOREGATE_REDIS_URL", "redis://127.0.0.1:6379/0"),
             redis_prefix=env.get("SCOREGATE_REDIS_PREFIX", "sg"),
@@ -113,6 +117,19 @@ def writeback_from_env(env: Mapping[str, str] | None = None) -> WritebackConfig:
         idempotent_producer=_flag(env.get("SCOREGATE_KAFKA_IDEMPOTENT", "false")),
         **_writeback_tuning(env),
     )
+
+
+def _positive(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise SystemExit(f"{name} must be a positive integer, got {raw!r}")
+    return value
 
 
 def _flag(value: str) -> bool:

@@ -318,3 +318,22 @@ def test_redis_server_binary_is_available() -> None:
     import shutil
 
     assert shutil.which("redis-server"), f"redis-server not on PATH for {sys.executable}"
+
+
+async def test_requests_over_the_in_flight_cap_are_refused_at_once(
+    settings: GatewaySettings, servers: SampleServers
+) -> None:
+    await servers.fault_model("latency", latency_ms=200)
+    capped = msgspec.structs.replace(settings, max_in_flight=2)
+    async with serve(create_app(capped)) as client:
+        await seed(client, "c-cap", "m-cap", timedelta(seconds=1))
+        answers = await asyncio.gather(
+            *(client.post("/score", json=body("c-cap", "m-cap")) for _ in range(6))
+        )
+        statuses = sorted(a.status_code for a in answers)
+        assert statuses == [200, 200, 503, 503, 503, 503]
+        refused = next(a for a in answers if a.status_code == 503)
+        assert refused.headers["retry-after"] == "1"
+        assert "overloaded" in refused.json()["detail"]
+        # The cap frees as requests finish.
+        assert (await client.post("/score", json=body("c-cap", "m-cap"))).status_code == 200
