@@ -14,7 +14,7 @@ import random
 import secrets
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from string import Template
@@ -31,12 +31,27 @@ DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/scoregate"
 
 
 class DevStack:
-    """Starts and stops the local stack; ``url`` is the gateway's base URL once up."""
+    """Starts and stops the local stack; ``url`` is the gateway's base URL once up.
 
-    def __init__(self, port: int = 8000, customers: int = 200) -> None:
+    ``workers`` is passed to ``scoregate serve --workers``; ``gateway_cpus`` (a CPU list
+    as ``taskset -c`` takes it, e.g. ``"0"``) pins the gateway and its workers there.
+    """
+
+    def __init__(
+        self,
+        port: int = 8000,
+        customers: int = 200,
+        workers: int = 1,
+        gateway_cpus: str | None = None,
+    ) -> None:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.customers = customers
+        self.workers = workers
+        self.gateway_cpus = gateway_cpus
+        self.gateway_pid: int | None = None
+        self.pids: dict[str, int] = {}
+        """Process id of each child by name: ``sources``, ``model``, ``gateway``."""
         self.env: dict[str, str] = {}
         self.keys: dict[Role, str] = {}
         self.sources_url = ""
@@ -76,7 +91,20 @@ class DevStack:
         await wait_for_port("127.0.0.1", model_port)
         self.keys = self._keys(env)
         self.env = env
-        await self._spawn("gateway", "gateway.cli", "serve", "--port", str(self.port), env=env)
+        prefix = ["taskset", "-c", self.gateway_cpus] if self.gateway_cpus else []
+        gateway = await self._spawn(
+            "gateway",
+            "gateway.cli",
+            "serve",
+            "--port",
+            str(self.port),
+            "--workers",
+            str(self.workers),
+            env=env,
+            prefix=prefix,
+        )
+        # taskset execs the command, so the pid is the gateway's own.
+        self.gateway_pid = gateway.pid
         await self._wait_ready(limit_s=20)
 
     @staticmethod
@@ -98,16 +126,23 @@ class DevStack:
         return {"Authorization": f"Bearer {self.keys[role]}"}
 
     async def _spawn(
-        self, name: str, module: str, *args: str, env: Mapping[str, str] | None = None
-    ) -> None:
+        self,
+        name: str,
+        module: str,
+        *args: str,
+        env: Mapping[str, str] | None = None,
+        prefix: Sequence[str] = (),
+    ) -> asyncio.subprocess.Process:
         log = (self._workdir / f"{name}.log").open("ab")
         try:
             child = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", module, *args, stdout=log, stderr=log, env=env
+                *prefix, sys.executable, "-m", module, *args, stdout=log, stderr=log, env=env
             )
         finally:
             log.close()
         self._children.append(child)
+        self.pids[name] = child.pid
+        return child
 
     async def _wait_ready(self, limit_s: float) -> None:
         last = "no answer"

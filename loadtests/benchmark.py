@@ -1,0 +1,908 @@
+"""The benchmark: ``POST /score`` against a bare echo, side by side, on one pinned core.
+
+One command starts the whole local stack (PostgreSQL and Redis are the local servers;
+the broker, the sample sources at their realistic latency, the sample model server and
+the gateway are child processes, in a database and Redis key prefix of the run's own)
+with the gateway pinned to one core and everything else this script starts on the
+other, or measures a running stack (``--url``). Then, in the same run:
+
+1. **Latency per rate.** ``/score`` open loop at rising fixed rates until it
+   saturates (latency from the scheduled send time, so no coordinated omission),
+   each rate followed by the echo baseline (``echo_app.py``: Litestar + msgspec on
+   uvicorn with uvloop and httptools, pinned to the gateway's core, the same body).
+2. **Capacity.** Each server's CPU seconds per request, from ``/proc`` (its process
+   and workers, before and after each phase, the outbox drained), so what PostgreSQL,
+   Redis, the model server and the load generator spend does not count; the
+   capacity ratio is echo CPU per request / ``/score`` CPU per request. Both are also
+   run closed loop (N connections, as wrk does) for throughput at saturation. N is 8
+   per worker by default: enough to keep one core busy, few enough that requests do
+   not queue inside the gateway past its 50 ms online-store read timeout (with more,
+   a saturated gateway trips its own Redis breaker and measures its fallback path).
+3. **Own overhead.** At a moderate rate, on freshly pushed features, ``/score``'s p50
+   minus the p50s of its dependencies' own round trips measured from this host:
+   a Redis read of the same fields, a model call with the same body, a PostgreSQL
+   commit of a decision-sized row (``probes.py``).
+4. **Integrity.** Audit rows = 200 answers, ``decision.made`` events on the topic =
+   committed decisions, no duplicate ``ce_id`` (``integrity.py``).
+5. **Scaling.** The stack again with ``scoregate serve --workers 2`` and nothing
+   pinned; steps 1, 2 and 4 for ``/score``.
+
+Prints the figures and writes ``loadtests/results/benchmark-<time>.json`` and the
+latency chart ``benchmark-<time>.html``.
+
+    .venv/bin/python loadtests/benchmark.py            # full run, about 6-10 minutes
+    .venv/bin/python loadtests/benchmark.py --quick    # smoke, about 2 minutes
+    .venv/bin/python loadtests/benchmark.py --url http://127.0.0.1:8000 \\
+        --keys scorer=sg_...,admin=sg_...              # a running stack (no scaling step)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import itertools
+import json
+import os
+import random
+import statistics
+import sys
+import time
+import traceback
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import asyncpg
+import msgspec
+import redis.asyncio as aioredis
+import uvloop
+from chart import Series, page
+from cpu_meter import CpuMeter, Reading, allowed_cpus, listening_pid
+from feed import FeatureFeed
+from integrity import audit_counts, committed_decisions, topic_counts, wait_delivered
+from open_loop import PhaseResult, run_calls, run_phase
+from probes import AuditCommit, ModelCall, ModelShape, RedisRead
+from traffic import MERCHANTS, fresh_customers, score_body
+
+from gateway.auth import key_from_secret, parse_dev_keys
+from gateway.dev.broker import free_port, wait_for_port
+from gateway.dev.stack import DevStack
+
+HERE = Path(__file__).parent
+RESULTS = HERE / "results"
+DATABASE = "postgresql://postgres@127.0.0.1:5432/scoregate_benchmark"
+REDIS = "redis://127.0.0.1:6379/0"
+FULL_RATES = "100,200,300,400,500,600,800,1000,1200,1500,2000,2500,3000"
+QUICK_RATES = "100,300,500,800,1200,1600,2400,3200"
+SATURATED_P99_MS = 1000.0
+"""A p99 past this (the sample model's request deadline) counts as saturated."""
+
+
+class DecisionId(msgspec.Struct):
+    """The one field of a score answer the benchmark keeps."""
+
+    decision_id: str
+
+
+_decision_id = msgspec.json.Decoder(DecisionId).decode
+
+
+@dataclass
+class Settings:
+    """How long and how hard each step runs."""
+
+    rates: list[float]
+    seconds: float
+    warmup_s: float
+    closed_s: float
+    connections: int
+    moderate_rate: float
+    overhead_s: float
+    customers: int
+    rounds: int
+    drain_limit_s: float = 60.0
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Settings:
+        """Defaults for a full or a quick run, overridden by the given options."""
+        quick = args.quick
+        rates = args.rates or (QUICK_RATES if quick else FULL_RATES)
+        return cls(
+            rates=[float(r) for r in rates.split(",")],
+            seconds=args.seconds or (4.0 if quick else 10.0),
+            warmup_s=2.0 if quick else 5.0,
+            closed_s=4.0 if quick else 10.0,
+            connections=args.connections,
+            moderate_rate=args.moderate_rate,
+            overhead_s=4.0 if quick else 8.0,
+            customers=args.customers or (500 if quick else 2000),
+            rounds=args.rounds or (2 if quick else 3),
+        )
+
+
+@dataclass
+class ScoreTraffic:
+    """``/score`` bodies with run-scoped request ids, and the decision ids answered."""
+
+    prefix: str
+    customers: int
+    only: list[int] | None = None
+    collect: bool = True
+    """Keep decision ids (the echo's answers have none)."""
+    answered: set[str] = field(default_factory=set)
+    ok: int = 0
+    from_sources: int = 0
+    _numbers: itertools.count[int] = field(default_factory=itertools.count)
+
+    def body(self, rng: random.Random) -> dict[str, Any]:
+        """The next request; from ``only`` customers when given."""
+        body = score_body(rng, self.customers, f"{self.prefix}{next(self._numbers)}")
+        if self.only:
+            body["entities"]["customer_id"] = f"c-{rng.choice(self.only)}"
+        return body
+
+    def on_answer(self, status: int, data: bytes) -> None:
+        """Keep the decision id of every 200 answer."""
+        if status == 200 and self.collect:
+            self.ok += 1
+            self.answered.add(_decision_id(data).decision_id)
+            if b'"source":"source:' in data:
+                self.from_sources += 1
+
+
+@dataclass
+class Target:
+    """An endpoint under load and the process tree charged with its CPU."""
+
+    name: str
+    url: str
+    group: str
+    headers: dict[str, str]
+    traffic: ScoreTraffic
+    drain: Callable[[], Awaitable[object]] | None = None
+    """Waits until work the requests left behind (outbox events) is done; its CPU
+    counts against the phase."""
+    recover: Callable[[], Awaitable[object]] | None = None
+    """Brings the server back to normal after a phase (breakers closed); unmeasured."""
+
+
+@dataclass
+class Window:
+    """What a phase started from: CPU reading, time, and the traffic's counters."""
+
+    reading: Reading
+    started: float
+    ok: int
+    from_sources: int
+
+
+class Bench:
+    """One stack under load: runs phases and keeps their figures."""
+
+    def __init__(self, session: aiohttp.ClientSession, meter: CpuMeter) -> None:
+        self.session = session
+        self.meter = meter
+
+    def _open(self, target: Target) -> Window:
+        traffic = target.traffic
+        return Window(self.meter.read(), time.perf_counter(), traffic.ok, traffic.from_sources)
+
+    async def rate(self, target: Target, rate: float, seconds: float) -> dict[str, Any]:
+        """Open loop at ``rate``; latency, throughput and CPU per request."""
+        window = self._open(target)
+        result = await run_phase(
+            self.session,
+            target.url,
+            target.name,
+            rate,
+            seconds,
+            target.traffic.body,
+            seed=int(rate),
+            headers=target.headers,
+            on_answer=target.traffic.on_answer,
+        )
+        return await self._close(target, result, window)
+
+    async def closed(self, target: Target, connections: int, seconds: float) -> dict[str, Any]:
+        """``connections`` requests in flight at all times, each sent when one returns."""
+        result = PhaseResult(name=f"{target.name} closed loop", rate=0, seconds=seconds)
+        rng = random.Random(connections)
+        encode = msgspec.json.Encoder().encode
+        headers = {"content-type": "application/json", **target.headers}
+        window = self._open(target)
+        until = window.started + seconds
+
+        async def connection() -> None:
+            while time.perf_counter() < until:
+                sent = time.perf_counter()
+                try:
+                    async with self.session.post(
+                        target.url, data=encode(target.traffic.body(rng)), headers=headers
+                    ) as response:
+                        data = await response.read()
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    result.errors[type(exc).__name__] += 1
+                    continue
+                result.statuses[response.status] += 1
+                result.latencies_ms.append((time.perf_counter() - sent) * 1000)
+                target.traffic.on_answer(response.status, data)
+
+        await asyncio.gather(*(connection() for _ in range(connections)))
+        result.elapsed_s = time.perf_counter() - window.started
+        figures = await self._close(target, result, window)
+        figures["connections"] = connections
+        return figures
+
+    async def _close(self, target: Target, result: PhaseResult, window: Window) -> dict[str, Any]:
+        """Figures of a finished phase: core shares over the load itself, the server's
+        CPU per request once what the load left behind is drained."""
+        loaded, load_s = self.meter.read(), time.perf_counter() - window.started
+        if target.drain is not None:
+            await target.drain()
+        drained = self.meter.read()
+        summary = result.summary()
+        if target.traffic.collect:
+            ok = target.traffic.ok - window.ok
+            fetched = target.traffic.from_sources - window.from_sources
+            summary["source_fetch_share"] = round(fetched / ok, 4) if ok else None
+        answered = sum(result.statuses.values())
+        cpu_s = CpuMeter.seconds(window.reading, drained, target.group)
+        summary["server_cpu_ms_per_request"] = (
+            round(cpu_s / answered * 1000, 4) if answered else None
+        )
+        summary["cpu"] = CpuMeter.report(window.reading, loaded, load_s)
+        summary["saturated"] = _saturated(summary)
+        if target.recover is not None:
+            await target.recover()
+        return summary
+
+
+def _saturated(summary: dict[str, Any]) -> bool:
+    achieved = summary["achieved_per_s"] or 0
+    return bool(
+        (summary["rate_per_s"] and achieved < 0.9 * summary["rate_per_s"])
+        or (summary["error_rate"] or 0) > 0.01
+        or (summary["p99_ms"] or 0) > SATURATED_P99_MS
+    )
+
+
+async def sweep(
+    bench: Bench, score: Target, echo: Target | None, settings: Settings
+) -> list[dict[str, Any]]:
+    """Rising rates until ``/score`` saturates, each followed by the echo at that rate."""
+    rows = []
+    for rate in settings.rates:
+        row: dict[str, Any] = {
+            "rate_per_s": rate,
+            "score": await bench.rate(score, rate, settings.seconds),
+        }
+        if echo is not None:
+            row["echo"] = await bench.rate(echo, rate, settings.seconds)
+            row["capacity_ratio"] = _ratio(row["echo"], row["score"])
+        rows.append(row)
+        _print_rate(row)
+        if row["score"]["saturated"]:
+            break
+    return rows
+
+
+def _ratio(echo: dict[str, Any], score: dict[str, Any]) -> float | None:
+    """Echo CPU per request over ``/score`` CPU per request: ``/score``'s share of the
+    echo's capacity on one core."""
+    e, s = echo["server_cpu_ms_per_request"], score["server_cpu_ms_per_request"]
+    return round(e / s, 3) if e and s else None
+
+
+def _print_rate(row: dict[str, Any]) -> None:
+    def line(name: str, f: dict[str, Any]) -> str:
+        shares = f["cpu"]["processes"]
+        gen = shares.get("load generator", {}).get("core_share")
+        return (
+            f"  {name:<7} {f['achieved_per_s'] or 0:>7.1f}/s  p50 {f['p50_ms']:>7} p95"
+            f" {f['p95_ms']:>7} p99 {f['p99_ms']:>8} ms  errors {f['error_rate']:<7}"
+            f" cpu {f['server_cpu_ms_per_request']} ms/req  generator {gen} core"
+            + (f"  from sources {f['source_fetch_share']}" if "source_fetch_share" in f else "")
+            + ("  SATURATED" if f["saturated"] else "")
+        )
+
+    print(f"rate {row['rate_per_s']:g}/s", flush=True)
+    print(line("/score", row["score"]), flush=True)
+    if "echo" in row:
+        print(line("echo", row["echo"]) + f"  ratio {row['capacity_ratio']}", flush=True)
+
+
+async def overhead(
+    bench: Bench, score: Target, stack: StackInfo, settings: Settings
+) -> dict[str, Any]:
+    """``/score`` p50 on fresh features at a moderate rate, minus its dependencies' p50s.
+
+    Each round runs ``/score`` and then each probe at the same rate; the own overhead
+    is taken per round and its median reported, so a noisy moment spoils one round.
+    """
+    fresh = fresh_customers(settings.customers)
+    rate, seconds = settings.moderate_rate, settings.overhead_s
+    rng = random.Random(3)
+    ids = [
+        {"customer": f"c-{rng.choice(fresh)}", "merchant": f"m-{rng.randint(1, MERCHANTS)}"}
+        for _ in range(int(rate * seconds) + 1)
+    ]
+    redis = RedisRead(stack.redis_url, stack.redis_prefix, stack.shape, ids.__getitem__)
+    model = ModelCall(stack.shape)
+    commit = await AuditCommit.open(stack.database_url, await _record_text(stack))
+    rounds = []
+    try:
+        for number in range(settings.rounds):
+            traffic = ScoreTraffic(
+                f"{score.traffic.prefix}o{number}-", settings.customers, only=fresh
+            )
+            measured = await bench.rate(dataclasses.replace(score, traffic=traffic), rate, seconds)
+            score.traffic.answered |= traffic.answered
+            score.traffic.ok += traffic.ok
+            probes = {
+                name: (await run_calls(name, rate, seconds, call)).summary()
+                for name, call in (
+                    ("redis_read", redis),
+                    ("model_call", model),
+                    ("pg_commit", commit),
+                )
+            }
+            p50s = [probe["p50_ms"] for probe in probes.values()]
+            rounds.append(
+                {
+                    "score": measured,
+                    "probes": probes,
+                    "dependencies_p50_sum_ms": round(sum(p or 0 for p in p50s), 2),
+                    "own_overhead_ms": (
+                        None if None in p50s else round(measured["p50_ms"] - sum(p50s), 2)
+                    ),
+                }
+            )
+            _print_overhead(rate, rounds[-1])
+    finally:
+        await redis.close()
+        await model.close()
+        await commit.close()
+    return {"rate_per_s": rate, "rounds": rounds, "median": _median_overhead(rounds)}
+
+
+def _median_overhead(rounds: list[dict[str, Any]]) -> dict[str, float | None]:
+    def median(values: list[float | None]) -> float | None:
+        present = [v for v in values if v is not None]
+        return round(statistics.median(present), 2) if present else None
+
+    medians = {"score_p50_ms": median([r["score"]["p50_ms"] for r in rounds])}
+    for name in ("redis_read", "model_call", "pg_commit"):
+        medians[f"{name}_p50_ms"] = median([r["probes"][name]["p50_ms"] for r in rounds])
+    medians["own_overhead_ms"] = median([r["own_overhead_ms"] for r in rounds])
+    return medians
+
+
+async def capacity(
+    bench: Bench, score: Target, echo: Target | None, settings: Settings
+) -> dict[str, Any]:
+    """Closed loop at saturation, ``/score`` and the echo alternating, for some rounds;
+    medians of each server's CPU per request and throughput, and of the ratio."""
+    rounds = []
+    for _ in range(settings.rounds):
+        pair: dict[str, Any] = {
+            "score": await bench.closed(score, settings.connections, settings.closed_s)
+        }
+        if echo is not None:
+            pair["echo"] = await bench.closed(echo, settings.connections, settings.closed_s)
+            pair["capacity_ratio"] = _ratio(pair["echo"], pair["score"])
+        rounds.append(pair)
+        _print_closed(pair)
+
+    def median(key: str, field_: str) -> float | None:
+        values = [r[key][field_] for r in rounds if key in r and r[key][field_] is not None]
+        return round(statistics.median(values), 4) if values else None
+
+    ratios = [r["capacity_ratio"] for r in rounds if r.get("capacity_ratio") is not None]
+    return {
+        "connections": settings.connections,
+        "rounds": rounds,
+        "median": {
+            "score_per_s": median("score", "achieved_per_s"),
+            "score_cpu_ms_per_request": median("score", "server_cpu_ms_per_request"),
+            "echo_per_s": median("echo", "achieved_per_s"),
+            "echo_cpu_ms_per_request": median("echo", "server_cpu_ms_per_request"),
+            "capacity_ratio": round(statistics.median(ratios), 3) if ratios else None,
+        },
+    }
+
+
+async def _record_text(stack: StackInfo) -> str:
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        text: str | None = await conn.fetchval(
+            "SELECT record::text FROM decisions WHERE caller = $1"
+            " ORDER BY committed_at DESC LIMIT 1",
+            stack.caller,
+        )
+    finally:
+        await conn.close()
+    return text or json.dumps({"padding": "x" * 6000})
+
+
+async def integrity(stack: StackInfo, traffic: ScoreTraffic, settings: Settings) -> dict[str, Any]:
+    """Audit rows, events and duplicates for every decision of this stack's run."""
+    delivered = await wait_delivered(stack.database_url, settings.drain_limit_s)
+    committed = await committed_decisions(stack.database_url, stack.caller, traffic.prefix)
+    counts = await audit_counts(stack.database_url, traffic.answered)
+    events = await topic_counts(stack.kafka_bootstrap, stack.topic, committed)
+    missing = len(traffic.answered - set(committed))
+    report = {
+        "answers_200": traffic.ok,
+        "distinct_decision_ids_answered": len(traffic.answered),
+        "audit_rows": len(committed),
+        "answered_without_audit_row": missing,
+        **counts,
+        "outbox": delivered,
+        **events,
+        "lost_events": len(committed) - events["decisions_with_event"],
+    }
+    report["ok"] = (
+        missing == 0
+        and report["audit_rows"] >= report["answers_200"]
+        and events["duplicate_ce_id"] == 0
+        and report["lost_events"] == 0
+    )
+    return report
+
+
+@dataclass
+class StackInfo:
+    """Where a stack's parts are, whoever started it."""
+
+    url: str
+    headers: dict[str, str]
+    caller: str
+    database_url: str
+    redis_url: str
+    redis_prefix: str
+    kafka_bootstrap: str
+    topic: str
+    gateway_pid: int | None
+    shape: ModelShape
+    others: dict[str, int | None]
+
+
+async def stack_info(
+    session: aiohttp.ClientSession,
+    url: str,
+    scorer_key: str,
+    env: dict[str, str],
+    gateway_pid: int | None,
+    others: dict[str, int | None],
+) -> StackInfo:
+    """Describe a stack from its environment and ``GET /registry``."""
+    headers = {"Authorization": f"Bearer {scorer_key}"}
+    async with session.get(f"{url}/registry", headers=headers) as response:
+        response.raise_for_status()
+        registry = await response.json()
+    shape = ModelShape.from_registry(registry, "fraud")
+    model_port = urlsplit(shape.endpoint).port
+    others = {"model server": listening_pid(model_port) if model_port else None, **others}
+    return StackInfo(
+        url=url,
+        headers=headers,
+        caller=key_from_secret(scorer_key, ["scorer"]).key_id,
+        database_url=env.get("SCOREGATE_DATABASE_URL", DATABASE),
+        redis_url=env.get("SCOREGATE_REDIS_URL", REDIS),
+        redis_prefix=env.get("SCOREGATE_REDIS_PREFIX", "sg"),
+        kafka_bootstrap=env.get("SCOREGATE_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
+        topic=env.get("SCOREGATE_TOPIC", "decision-outcomes"),
+        gateway_pid=gateway_pid,
+        shape=shape,
+        others=others,
+    )
+
+
+def meter_for(stack: StackInfo, echo_pid: int | None) -> CpuMeter:
+    """CPU groups: the gateway, the echo, each co-located service, this process."""
+    return CpuMeter(
+        trees={"gateway": stack.gateway_pid, "echo": echo_pid, **stack.others},
+        named={"postgres (machine-wide)": "postgres", "redis (machine-wide)": "redis-server"},
+        single={"load generator": os.getpid()},
+    )
+
+
+async def recover(
+    session: aiohttp.ClientSession, stack: StackInfo, score: Target, limit_s: float
+) -> None:
+    """Wait until the gateway is ready with every breaker closed, so one phase's tripped
+    breakers do not spill into the next. An open breaker only tries again when a call
+    comes after its reset timeout, so a trickle of requests keeps coming meanwhile."""
+    until = time.perf_counter() + limit_s
+    while time.perf_counter() < until:
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+            async with session.get(f"{stack.url}/health/ready") as response:
+                state = await response.json()
+                # A source breaker may stay open for want of calls (its features fresh).
+                breakers = {
+                    name: value
+                    for name, value in state["breakers"].items()
+                    if not name.startswith("source:")
+                }
+                if response.status == 200 and set(breakers.values()) <= {"closed"}:
+                    return
+        await run_phase(
+            session,
+            score.url,
+            "recovery",
+            10,
+            1.0,
+            score.traffic.body,
+            headers=score.headers,
+            on_answer=score.traffic.on_answer,
+        )
+    print("  the gateway did not recover within the limit", flush=True)
+
+
+async def measure_stack(
+    session: aiohttp.ClientSession,
+    stack: StackInfo,
+    echo: tuple[str, int] | None,
+    settings: Settings,
+    run: str,
+    results: dict[str, Any],
+) -> None:
+    """Warm up, sweep, closed loop, overhead (with the echo), then integrity, for one
+    stack; each step's figures go into ``results`` as soon as they exist."""
+    bench = Bench(session, meter_for(stack, echo[1] if echo else None))
+    traffic = ScoreTraffic(f"bench-{run}-", settings.customers)
+    score = Target("/score", f"{stack.url}/score", "gateway", stack.headers, traffic)
+    score.drain = lambda: wait_delivered(stack.database_url, settings.drain_limit_s)
+    score.recover = lambda: recover(session, stack, score, settings.drain_limit_s)
+    baseline = None
+    if echo is not None:
+        echo_traffic = ScoreTraffic(f"echo-{run}-", settings.customers, collect=False)
+        baseline = Target("echo", echo[0], "echo", {}, echo_traffic)
+    feed = FeatureFeed(stack.redis_url, stack.redis_prefix, fresh_customers(settings.customers))
+    await feed.start()
+    try:
+        print(f"warm-up {settings.warmup_s:g} s", flush=True)
+        await bench.rate(score, settings.moderate_rate, settings.warmup_s)
+        if baseline is not None:
+            await bench.rate(baseline, settings.moderate_rate, settings.warmup_s)
+        results["sweep"] = await sweep(bench, score, baseline, settings)
+        results["closed_loop"] = await capacity(bench, score, baseline, settings)
+        if baseline is not None:
+            results["overhead"] = await overhead(bench, score, stack, settings)
+    finally:
+        await feed.stop()
+        results["integrity"] = await integrity(stack, traffic, settings)
+        print("integrity: " + json.dumps(results["integrity"]), flush=True)
+
+
+def _print_closed(closed: dict[str, Any]) -> None:
+    for name in ("score", "echo"):
+        if name in closed:
+            f = closed[name]
+            print(
+                f"closed loop {name:<6} {f['achieved_per_s']}/s with {f['connections']}"
+                f" connections, p50 {f['p50_ms']} ms, cpu {f['server_cpu_ms_per_request']}"
+                " ms/req",
+                flush=True,
+            )
+    if "capacity_ratio" in closed:
+        print(f"  capacity ratio: {closed['capacity_ratio']}", flush=True)
+
+
+def _print_overhead(rate: float, result: dict[str, Any]) -> None:
+    probes = ", ".join(f"{k} p50 {v['p50_ms']} ms" for k, v in result["probes"].items())
+    print(
+        f"own overhead at {rate:g}/s: /score p50 {result['score']['p50_ms']} ms"
+        f" - ({probes}) = {result['own_overhead_ms']} ms",
+        flush=True,
+    )
+
+
+async def start_echo(cpus: str | None) -> tuple[asyncio.subprocess.Process, str]:
+    """The echo baseline on a free port, pinned to ``cpus`` when given."""
+    port = free_port()
+    prefix = ["taskset", "-c", cpus] if cpus else []
+    process = await asyncio.create_subprocess_exec(
+        *prefix,
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--app-dir",
+        str(HERE),
+        "echo_app:app",
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+        "--no-access-log",
+        "--log-level",
+        "warning",
+        "--port",
+        str(port),
+    )
+    await wait_for_port("127.0.0.1", port)
+    return process, f"http://127.0.0.1:{port}/echo"
+
+
+async def stop_process(process: asyncio.subprocess.Process) -> None:
+    """Terminate a child and wait for it."""
+    if process.returncode is None:
+        process.terminate()
+        try:
+            async with asyncio.timeout(10):
+                await process.wait()
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+
+async def fresh_database(url: str) -> None:
+    """Drop the benchmark's database so each run counts from zero (DevStack migrates it)."""
+    name = urlsplit(url).path.lstrip("/")
+    conn = await asyncpg.connect(url.rsplit("/", 1)[0] + "/postgres")
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+async def run_dev_stack(
+    session: aiohttp.ClientSession,
+    settings: Settings,
+    run: str,
+    workers: int,
+    gateway_cpus: str | None,
+    echo: tuple[str, int] | None,
+) -> dict[str, Any]:
+    """Start the stack, seed it, measure it, stop it; a failure is kept in the results."""
+    stack = DevStack(
+        port=free_port(), customers=settings.customers, workers=workers, gateway_cpus=gateway_cpus
+    )
+    print(f"starting the stack: {workers} worker(s), gateway cpus {gateway_cpus or 'any'}")
+    results: dict[str, Any] = {"workers": workers}
+    try:
+        await stack.start()
+        results["gateway_cpus"] = allowed_cpus(stack.gateway_pid) if stack.gateway_pid else None
+        results["logs"] = str(stack.logs)
+        seeded = await stack.seed()
+        print(f"seeded {seeded} entities; logs in {stack.logs}", flush=True)
+        broker = stack.env["SCOREGATE_KAFKA_BOOTSTRAP"].rsplit(":", 1)[1]
+        others = {"sources": stack.pids.get("sources"), "broker": listening_pid(int(broker))}
+        info = await stack_info(
+            session, stack.url, stack.keys["scorer"], stack.env, stack.gateway_pid, others
+        )
+        await measure_stack(session, info, echo, settings, f"{run}w{workers}", results)
+    except Exception:  # keep what was measured and say what broke
+        results["error"] = traceback.format_exc()
+        print(results["error"], file=sys.stderr, flush=True)
+    finally:
+        await stack.stop()
+    return results
+
+
+async def own_stack(args: argparse.Namespace, settings: Settings, run: str) -> dict[str, Any]:
+    """Both stacks (one pinned worker, then two workers), the echo beside the first."""
+    os.environ["SCOREGATE_DATABASE_URL"] = args.database_url
+    os.environ["SCOREGATE_REDIS_PREFIX"] = f"bench-{run}"
+    os.environ.setdefault("SCOREGATE_PII_KEY", uuid.uuid4().hex)
+    await fresh_database(args.database_url)
+    everything = os.sched_getaffinity(0)
+    pin = len(everything) >= 2 and not args.no_pin
+    gateway_cpu = str(args.gateway_cpu) if pin else None
+    if pin:
+        # Children inherit this: the sources, model server and broker share the other cores.
+        os.sched_setaffinity(0, everything - {args.gateway_cpu})
+    echo_process, echo_url = await start_echo(gateway_cpu)
+    connector = aiohttp.TCPConnector(limit=2048)
+    results: dict[str, Any] = {"pinned": pin, "gateway_cpu": gateway_cpu}
+    try:
+        async with aiohttp.ClientSession(connector=connector) as session:
+            results["one_worker"] = await run_dev_stack(
+                session, settings, run, 1, gateway_cpu, (echo_url, echo_process.pid)
+            )
+            if not args.skip_scaling:
+                os.sched_setaffinity(0, everything)
+                two = dataclasses.replace(settings, connections=settings.connections * 2)
+                results["two_workers"] = await run_dev_stack(session, two, run, 2, None, None)
+    finally:
+        os.sched_setaffinity(0, everything)
+        await stop_process(echo_process)
+        await drop_keys(f"bench-{run}")
+    return results
+
+
+async def drop_keys(prefix: str) -> None:
+    """Delete the run's online-store keys."""
+    client = aioredis.Redis.from_url(os.environ.get("SCOREGATE_REDIS_URL", REDIS))
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
+        for first in range(0, len(keys), 1000):
+            await client.delete(*keys[first : first + 1000])
+    finally:
+        await client.aclose()
+
+
+async def running_stack(args: argparse.Namespace, settings: Settings, run: str) -> dict[str, Any]:
+    """A stack someone else started: one measurement, the echo on the gateway's cores."""
+    keys = parse_dev_keys(args.keys or os.environ.get("SCOREGATE_DEV_KEYS", ""))
+    scorer = keys.get("scorer") or os.environ.get("SCOREGATE_SCORER_KEY")
+    if not scorer:
+        raise SystemExit("--url needs a scorer key: --keys scorer=KEY or SCOREGATE_SCORER_KEY")
+    port = urlsplit(args.url).port or 80
+    gateway_pid = args.gateway_pid or listening_pid(port)
+    cpus = allowed_cpus(gateway_pid) if gateway_pid else None
+    echo_cpus = cpus if cpus and cpus != allowed_cpus(os.getpid()) else None
+    echo_process, echo_url = await start_echo(echo_cpus)
+    env = {**os.environ, "SCOREGATE_DATABASE_URL": args.database_url}
+    results: dict[str, Any] = {"workers": None, "gateway_cpus": cpus}
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=2048)) as session:
+            info = await stack_info(session, args.url.rstrip("/"), scorer, env, gateway_pid, {})
+            await measure_stack(session, info, (echo_url, echo_process.pid), settings, run, results)
+    except Exception:  # keep what was measured and say what broke
+        results["error"] = traceback.format_exc()
+        print(results["error"], file=sys.stderr, flush=True)
+    finally:
+        await stop_process(echo_process)
+    return {"pinned": echo_cpus is not None, "one_worker": results}
+
+
+def headline(results: dict[str, Any]) -> dict[str, Any]:
+    """The figures the issue asks for, from the detailed results (None where a step
+    did not run)."""
+    one = results.get("one_worker", {})
+    closed = one.get("closed_loop", {})
+    rows = [
+        r for r in one.get("sweep", []) if not r["score"]["saturated"] and r.get("capacity_ratio")
+    ]
+    figures: dict[str, Any] = {
+        "capacity_ratio_at_saturation": closed.get("median", {}).get("capacity_ratio"),
+        "capacity_ratio_per_rate": {f"{r['rate_per_s']:g}": r["capacity_ratio"] for r in rows},
+        "capacity_ratio_median_unsaturated": (
+            round(statistics.median(r["capacity_ratio"] for r in rows), 3) if rows else None
+        ),
+        "score_cpu_ms_per_request": closed.get("median", {}).get("score_cpu_ms_per_request"),
+        "echo_cpu_ms_per_request": closed.get("median", {}).get("echo_cpu_ms_per_request"),
+        "own_overhead_ms": one.get("overhead", {}).get("median", {}).get("own_overhead_ms"),
+        "integrity_one_worker": one.get("integrity", {}).get("ok"),
+        "one_worker_capacity_per_s": _capacity(one),
+    }
+    if "two_workers" in results:
+        two = results["two_workers"]
+        figures["integrity_two_workers"] = two.get("integrity", {}).get("ok")
+        figures["two_workers_capacity_per_s"] = _capacity(two)
+        a, b = figures["one_worker_capacity_per_s"], figures["two_workers_capacity_per_s"]
+        figures["scaling_two_over_one"] = round(b / a, 3) if a and b else None
+    errors = [k for k in ("one_worker", "two_workers") if "error" in results.get(k, {})]
+    if errors:
+        figures["failed_steps"] = errors
+    return figures
+
+
+def _capacity(results: dict[str, Any]) -> float | None:
+    """Requests/s at saturation: the best of the closed loop and the open-loop sweep."""
+    best = [results.get("closed_loop", {}).get("median", {}).get("score_per_s") or 0]
+    best += [r["score"]["achieved_per_s"] or 0 for r in results.get("sweep", [])]
+    return max(best) or None
+
+
+def chart_series(results: dict[str, Any]) -> list[Series]:
+    """Lines of the latency chart."""
+    lines = []
+    plan = [("one_worker", "score", "/score, 1 worker", "#1f5fbf", ("p50", "p95", "p99"))]
+    plan.append(("one_worker", "echo", "echo", "#2a9d3a", ("p50", "p95", "p99")))
+    plan.append(("two_workers", "score", "/score, 2 workers", "#d9731a", ("p50", "p99")))
+    for stack, key, label, colour, percentiles in plan:
+        rows = results.get(stack, {}).get("sweep", [])
+        for pct in percentiles:
+            points = [
+                (r["rate_per_s"], r[key][f"{pct}_ms"])
+                for r in rows
+                if key in r and r[key][f"{pct}_ms"]
+            ]
+            if points:
+                lines.append(Series(label, pct, colour, points))
+    return lines
+
+
+def write_outputs(report: dict[str, Any], stamp: str) -> tuple[Path, Path]:
+    """The JSON results and the HTML chart under ``loadtests/results/``."""
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"benchmark-{stamp}.json"
+    out.write_text(json.dumps(report, indent=2))
+    figures = {k: json.dumps(v) for k, v in report["headline"].items()}
+    chart = RESULTS / f"benchmark-{stamp}.html"
+    chart.write_text(page(chart_series(report["results"]), f"scoregate benchmark {stamp}", figures))
+    return out, chart
+
+
+def print_summary(report: dict[str, Any]) -> None:
+    """Per-rate percentiles, closed-loop and overhead medians, the headline figures."""
+    results = report["results"]
+    print("\n== per rate (open loop, latency from the scheduled send, ms)")
+    for stack in ("one_worker", "two_workers"):
+        for row in results.get(stack, {}).get("sweep", []):
+            for key in ("score", "echo"):
+                if key in row:
+                    f = row[key]
+                    print(
+                        f"{stack:<12} {key:<6} {row['rate_per_s']:>6g}/s achieved"
+                        f" {f['achieved_per_s']:>7} p50 {f['p50_ms']:>7} p95 {f['p95_ms']:>7}"
+                        f" p99 {f['p99_ms']:>8} cpu {f['server_cpu_ms_per_request']} ms/req"
+                    )
+    for stack in ("one_worker", "two_workers"):
+        closed = results.get(stack, {}).get("closed_loop")
+        if closed:
+            print(f"\n== {stack}: closed loop, {closed['connections']} connections, medians")
+            print(json.dumps(closed["median"]))
+    overhead = results.get("one_worker", {}).get("overhead")
+    if overhead:
+        print(f"\n== own overhead at {overhead['rate_per_s']:g}/s, medians of rounds")
+        print(json.dumps(overhead["median"]))
+    print("\n== headline")
+    for key, value in report["headline"].items():
+        print(f"{key}: {value}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="a ~2-minute smoke run")
+    parser.add_argument("--rates", help=f"comma-separated rates (default {FULL_RATES})")
+    parser.add_argument("--seconds", type=float, help="per rate (default 10, quick 4)")
+    parser.add_argument(
+        "--connections",
+        type=int,
+        default=8,
+        help="closed loop, per gateway worker (default 8: see the module docstring)",
+    )
+    parser.add_argument(
+        "--rounds", type=int, help="closed-loop and overhead rounds (default 3, quick 2)"
+    )
+    parser.add_argument("--moderate-rate", type=float, default=100.0, help="own-overhead rate")
+    parser.add_argument("--customers", type=int, help="customers in the mix (default 2000)")
+    parser.add_argument("--gateway-cpu", type=int, default=0, help="core the gateway gets")
+    parser.add_argument("--no-pin", action="store_true", help="pin nothing")
+    parser.add_argument("--skip-scaling", action="store_true", help="no 2-worker stack")
+    parser.add_argument("--database-url", default=DATABASE, help="the run's own database")
+    parser.add_argument("--url", help="measure the gateway running at this URL instead")
+    parser.add_argument("--keys", help="with --url: scorer=KEY[,...] (SCOREGATE_DEV_KEYS)")
+    parser.add_argument("--gateway-pid", type=int, help="with --url: the gateway's pid")
+    return parser
+
+
+async def main() -> None:
+    args = _parser().parse_args()
+    settings = Settings.from_args(args)
+    if args.url and not args.customers:
+        settings.customers = 200  # what `scoregate dev` seeds
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run = uuid.uuid4().hex[:6]
+    started = time.perf_counter()
+    if args.url:
+        results = await running_stack(args, settings, run)
+    else:
+        results = await own_stack(args, settings, run)
+    report = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"cpus": os.cpu_count(), "loadavg_after": os.getloadavg()},
+        "settings": settings.__dict__,
+        "wall_s": round(time.perf_counter() - started, 1),
+        "headline": {},
+        "results": results,
+    }
+    report["headline"] = headline(results)
+    out, chart = write_outputs(report, stamp)
+    print_summary(report)
+    print(f"\nwritten {out}\nchart   {chart}")
+
+
+if __name__ == "__main__":
+    uvloop.run(main())
