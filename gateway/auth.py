@@ -30,7 +30,7 @@ from litestar.middleware.authentication import (
 )
 from litestar.types import ASGIApp
 
-from gateway.observability import tracer
+from gateway.observability import stage
 
 Role = Literal["scorer", "auditor", "operator", "admin"]
 ROLES: tuple[Role, ...] = ("scorer", "auditor", "operator", "admin")
@@ -160,7 +160,7 @@ class ApiKeyAuthentication(AbstractAuthenticationMiddleware):
         self, connection: ASGIConnection[Any, Any, Any, Any]
     ) -> AuthenticationResult:
         """401 unless the request carries a configured key."""
-        with tracer.start_as_current_span("auth"):
+        with stage("auth"):
             result = self._authenticate(connection)
         # Where decoding starts: the handler closes a "decode" span from here.
         connection.scope.setdefault("state", {})[AUTH_DONE] = time.time_ns()
@@ -183,7 +183,8 @@ class ApiKeyAuthentication(AbstractAuthenticationMiddleware):
 def requires(role: Role) -> Any:
     """A route guard admitting keys that hold ``role``."""
 
-    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    # A coroutine: Litestar runs plain-function guards in a thread pool, per request.
+    async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
         principal = connection.user
         if not isinstance(principal, Principal) or not principal.has(role):
             raise PermissionDeniedException(f"this needs the {role} role")

@@ -28,7 +28,7 @@ from contracts.registry import DType, Model
 from gateway.breaker import BreakerOpen, DependencyBreaker
 from gateway.deadline import Deadline
 from gateway.errors import DeadlineExceeded, GatewayError, Unavailable
-from gateway.observability import inject, tracer
+from gateway.observability import inject, stage
 
 _encode_request = msgspec.json.Encoder().encode
 _decode_response = msgspec.json.Decoder(InferResponse).decode
@@ -144,9 +144,7 @@ class ModelClient:
         return f"{base}/v2/models/{self.model.name}/versions/{quote(version, safe='')}/infer"
 
     async def _post(self, url: str, body: bytes, deadline: Deadline) -> InferResponse:
-        with tracer.start_as_current_span(
-            f"model {self.model.name} infer", kind=SpanKind.CLIENT, attributes={"url.full": url}
-        ):
+        with stage(f"model {self.model.name} infer", SpanKind.CLIENT, {"url.full": url}):
             return await self._post_once(url, body, deadline)
 
     async def _post_once(self, url: str, body: bytes, deadline: Deadline) -> InferResponse:

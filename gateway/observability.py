@@ -18,12 +18,14 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable, Mapping, MutableMapping
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import ProxyTracerProvider, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -84,6 +86,20 @@ def tracer_provider_from_env(env: Mapping[str, str] | None = None) -> Any:
     return provider
 
 
+def tracing_enabled() -> bool:
+    """True once a real tracer provider is installed (OTLP, or a test's)."""
+    return not isinstance(trace.get_tracer_provider(), ProxyTracerProvider)
+
+
+def stage(
+    name: str, kind: SpanKind = SpanKind.INTERNAL, attributes: dict[str, str] | None = None
+) -> AbstractContextManager[object]:
+    """A span for one stage of a request, or nothing at all when nobody records spans."""
+    if not tracing_enabled():
+        return nullcontext()
+    return tracer.start_as_current_span(name, kind=kind, attributes=attributes)
+
+
 def inject(headers: MutableMapping[str, str]) -> MutableMapping[str, str]:
     """Add the current span's ``traceparent`` (and ``tracestate``) to ``headers``."""
     _propagator.inject(headers)
@@ -105,6 +121,8 @@ def current_trace_id() -> str | None:
 
 def record_stage(name: str, start_ns: int, end_ns: int | None = None) -> None:
     """A span for a stage measured before its span could be opened (auth, decode)."""
+    if not tracing_enabled():
+        return
     span = tracer.start_span(name, start_time=start_ns)
     span.end(end_time=end_ns or time.time_ns())
 
@@ -164,15 +182,25 @@ class TracingMiddleware:
 
         method = str(scope.get("method", ""))
         started = time.perf_counter()
-        with tracer.start_as_current_span(
-            f"{method} {path}", context=parent, kind=SpanKind.SERVER
-        ) as span:
-            await self.app(scope, receive, send_and_note)
+        if tracing_enabled():
+            with tracer.start_as_current_span(
+                f"{method} {path}", context=parent, kind=SpanKind.SERVER
+            ) as span:
+                await self.app(scope, receive, send_and_note)
+                route = _route_of(scope)
+                span.update_name(f"{method} {route}")
+                span.set_attribute("http.request.method", method)
+                span.set_attribute("http.route", route)
+                span.set_attribute("http.response.status_code", status)
+        else:
+            # Nobody records spans: only carry the caller's trace context through.
+            token = otel_context.attach(parent) if parent is not None else None
+            try:
+                await self.app(scope, receive, send_and_note)
+            finally:
+                if token is not None:
+                    otel_context.detach(token)
             route = _route_of(scope)
-            span.update_name(f"{method} {route}")
-            span.set_attribute("http.request.method", method)
-            span.set_attribute("http.route", route)
-            span.set_attribute("http.response.status_code", status)
         model = scope.get("state", {}).get("scoregate.model", "")
         REQUEST_SECONDS.labels(route, method, f"{status // 100}xx", model).observe(
             time.perf_counter() - started

@@ -17,7 +17,7 @@ from gateway.errors import BadRequest, Unavailable
 from gateway.features.assembler import FeatureAssembler
 from gateway.ids import new_decision_id
 from gateway.model_client import ModelClient
-from gateway.observability import current_trace_id, observe_features, tracer
+from gateway.observability import current_trace_id, observe_features, stage
 from gateway.registry import ModelPlan, Registry, coerce
 from writeback.audit_store import AuditStore, AuditUnavailable
 
@@ -184,7 +184,7 @@ class Scorer:
             decided_at=decided_at,
         )
         try:
-            with tracer.start_as_current_span("audit commit"):
+            with stage("audit commit"):
                 committed = await self._audit.commit(record, event, key=subject.id)
         except AuditUnavailable as exc:
             raise Unavailable(

@@ -30,7 +30,7 @@ from gateway.features.online_store import (
     to_millis,
 )
 from gateway.features.sources import SourceClient, SourceError, SourceRecord
-from gateway.observability import tracer
+from gateway.observability import stage
 from gateway.registry import ModelPlan, Registry, coerce
 
 log = logging.getLogger(__name__)
@@ -131,10 +131,13 @@ class FeatureAssembler:
         reads = [(entity, entity_ids[entity], names) for entity, names in by_entity.items()]
         started = time.perf_counter()
         try:
-            with tracer.start_as_current_span("online_store read"):
+            with stage("online_store read"):
                 rows = await self._store.read(reads, deadline)
         except StoreUnavailable as exc:
-            log.warning("online store unavailable, serving from sources: %s", exc)
+            # While the breaker is open every request lands here: its state changes are
+            # logged by the breaker, not once per request.
+            level = logging.DEBUG if isinstance(exc.__cause__, BreakerOpen) else logging.WARNING
+            log.log(level, "online store unavailable, serving from sources: %s", exc)
             assembly.degraded = True
             return {}
         finally:

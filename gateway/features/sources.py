@@ -27,7 +27,7 @@ from tenacity.stop import stop_base
 from contracts.registry import Source
 from gateway.breaker import DependencyBreaker
 from gateway.deadline import Deadline
-from gateway.observability import inject, tracer
+from gateway.observability import inject, stage
 
 log = logging.getLogger(__name__)
 
@@ -141,9 +141,7 @@ class SourceClient:
         if self._slots.locked():
             raise SourceBusy(self.source.name, "too many concurrent calls")
         url = f"{self.source.url}{path}"
-        with tracer.start_as_current_span(
-            f"source {self.source.name}", kind=SpanKind.CLIENT, attributes={"url.full": url}
-        ):
+        with stage(f"source {self.source.name}", SpanKind.CLIENT, {"url.full": url}):
             return await self._call(url, deadline)
 
     async def _call(self, url: str, deadline: Deadline) -> SourceRecord:
