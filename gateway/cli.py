@@ -154,6 +154,7 @@ async def _dev(args: argparse.Namespace) -> int:
             '\'{"model":"fraud","entities":{"customer_id":"c-1","merchant_id":"m-1"},'
             '"context":{"amount":120.5,"card_present":false}}\''
         )
+        print(f"the auditor's page: {stack.url}/ui (log in with the auditor key)")
         print("Ctrl-C stops it.", flush=True)
         await _until_signalled()
     finally:
