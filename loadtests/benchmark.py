@@ -14,10 +14,12 @@ other, or measures a running stack (``--url``). Then, in the same run:
    and workers, before and after each phase, the outbox drained), so what PostgreSQL,
    Redis, the model server and the load generator spend does not count; the
    capacity ratio is echo CPU per request / ``/score`` CPU per request. Both are also
-   run closed loop (N connections, as wrk does) for throughput at saturation. N is 8
+   run closed loop (N connections, as wrk does) for throughput at saturation. N is 16
    per worker by default: enough to keep one core busy, few enough that requests do
-   not queue inside the gateway past its 50 ms online-store read timeout (with more,
-   a saturated gateway trips its own Redis breaker and measures its fallback path).
+   not queue inside the gateway past its 50 ms online-store read timeout (with many
+   more, a saturated gateway trips its own Redis breaker and measures its fallback
+   path). The PostgreSQL backends serving the run's database are moved to the other
+   cores too; the machine's PostgreSQL and Redis servers themselves are left alone.
 3. **Own overhead.** At a moderate rate, on freshly pushed features, ``/score``'s p50
    minus the p50s of its dependencies' own round trips measured from this host:
    a Redis read of the same fields, a model call with the same body, a PostgreSQL
@@ -63,7 +65,7 @@ import msgspec
 import redis.asyncio as aioredis
 import uvloop
 from chart import Series, page
-from cpu_meter import CpuMeter, Reading, allowed_cpus, listening_pid
+from cpu_meter import CpuMeter, Reading, allowed_cpus, listening_pid, pids_serving, pin
 from feed import FeatureFeed
 from integrity import audit_counts, committed_decisions, topic_counts, wait_delivered
 from open_loop import PhaseResult, run_calls, run_phase
@@ -78,7 +80,7 @@ HERE = Path(__file__).parent
 RESULTS = HERE / "results"
 DATABASE = "postgresql://postgres@127.0.0.1:5432/scoregate_benchmark"
 REDIS = "redis://127.0.0.1:6379/0"
-FULL_RATES = "100,200,300,400,500,600,800,1000,1200,1500,2000,2500,3000"
+FULL_RATES = "100,200,250,300,400,500,600,800,1000,1200,1500,2000,2500,3000"
 QUICK_RATES = "100,300,500,800,1200,1600,2400,3200"
 SATURATED_P99_MS = 1000.0
 """A p99 past this (the sample model's request deadline) counts as saturated."""
@@ -185,11 +187,21 @@ class Window:
 class Bench:
     """One stack under load: runs phases and keeps their figures."""
 
-    def __init__(self, session: aiohttp.ClientSession, meter: CpuMeter) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        meter: CpuMeter,
+        backends: tuple[str, set[int]] | None = None,
+    ) -> None:
         self.session = session
         self.meter = meter
+        self.backends = backends
+        """A database whose PostgreSQL backends are kept on the given cores."""
 
     def _open(self, target: Target) -> Window:
+        if self.backends is not None:
+            # The pool may have opened connections since; each is a new backend.
+            pin(pids_serving(self.backends[0]), self.backends[1])
         traffic = target.traffic
         return Window(self.meter.read(), time.perf_counter(), traffic.ok, traffic.from_sources)
 
@@ -256,7 +268,7 @@ class Bench:
         summary["server_cpu_ms_per_request"] = (
             round(cpu_s / answered * 1000, 4) if answered else None
         )
-        summary["cpu"] = CpuMeter.report(window.reading, loaded, load_s)
+        summary["cpu"] = self.meter.report(window.reading, loaded, load_s)
         summary["saturated"] = _saturated(summary)
         if target.recover is not None:
             await target.recover()
@@ -471,6 +483,13 @@ class StackInfo:
     gateway_pid: int | None
     shape: ModelShape
     others: dict[str, int | None]
+    backend_cpus: set[int] | None = None
+    """Cores the run's PostgreSQL backends are pinned to (with a pinned gateway)."""
+
+    @property
+    def database(self) -> str:
+        """The database's name."""
+        return urlsplit(self.database_url).path.lstrip("/")
 
 
 async def stack_info(
@@ -510,6 +529,7 @@ def meter_for(stack: StackInfo, echo_pid: int | None) -> CpuMeter:
         trees={"gateway": stack.gateway_pid, "echo": echo_pid, **stack.others},
         named={"postgres (machine-wide)": "postgres", "redis (machine-wide)": "redis-server"},
         single={"load generator": os.getpid()},
+        databases={"postgres (this run's database)": stack.database},
     )
 
 
@@ -555,7 +575,8 @@ async def measure_stack(
 ) -> None:
     """Warm up, sweep, closed loop, overhead (with the echo), then integrity, for one
     stack; each step's figures go into ``results`` as soon as they exist."""
-    bench = Bench(session, meter_for(stack, echo[1] if echo else None))
+    backends = (stack.database, stack.backend_cpus) if stack.backend_cpus else None
+    bench = Bench(session, meter_for(stack, echo[1] if echo else None), backends)
     traffic = ScoreTraffic(f"bench-{run}-", settings.customers)
     score = Target("/score", f"{stack.url}/score", "gateway", stack.headers, traffic)
     score.drain = lambda: wait_delivered(stack.database_url, settings.drain_limit_s)
@@ -677,6 +698,10 @@ async def run_dev_stack(
         info = await stack_info(
             session, stack.url, stack.keys["scorer"], stack.env, stack.gateway_pid, others
         )
+        if gateway_cpus is not None:
+            # PostgreSQL and Redis are the machine's own servers and stay where they are;
+            # only the backends serving the run's database join the other cores.
+            info.backend_cpus = os.sched_getaffinity(0)
         await measure_stack(session, info, echo, settings, f"{run}w{workers}", results)
     except Exception:  # keep what was measured and say what broke
         results["error"] = traceback.format_exc()
@@ -757,27 +782,31 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
     """The figures the issue asks for, from the detailed results (None where a step
     did not run)."""
     one = results.get("one_worker", {})
-    closed = one.get("closed_loop", {})
+    closed = one.get("closed_loop", {}).get("median", {})
     rows = [
         r for r in one.get("sweep", []) if not r["score"]["saturated"] and r.get("capacity_ratio")
     ]
+    score_cpu, echo_cpu = (
+        closed.get("score_cpu_ms_per_request"),
+        closed.get("echo_cpu_ms_per_request"),
+    )
     figures: dict[str, Any] = {
-        "capacity_ratio_at_saturation": closed.get("median", {}).get("capacity_ratio"),
+        "capacity_ratio_at_saturation": closed.get("capacity_ratio"),
+        "score_cpu_ms_per_request": score_cpu,
+        "echo_cpu_ms_per_request": echo_cpu,
+        "score_per_s_per_core": round(1000 / score_cpu) if score_cpu else None,
+        "echo_per_s_per_core": round(1000 / echo_cpu) if echo_cpu else None,
         "capacity_ratio_per_rate": {f"{r['rate_per_s']:g}": r["capacity_ratio"] for r in rows},
-        "capacity_ratio_median_unsaturated": (
-            round(statistics.median(r["capacity_ratio"] for r in rows), 3) if rows else None
-        ),
-        "score_cpu_ms_per_request": closed.get("median", {}).get("score_cpu_ms_per_request"),
-        "echo_cpu_ms_per_request": closed.get("median", {}).get("echo_cpu_ms_per_request"),
         "own_overhead_ms": one.get("overhead", {}).get("median", {}).get("own_overhead_ms"),
         "integrity_one_worker": one.get("integrity", {}).get("ok"),
-        "one_worker_capacity_per_s": _capacity(one),
+        "one_worker": _capacity(one),
     }
     if "two_workers" in results:
         two = results["two_workers"]
         figures["integrity_two_workers"] = two.get("integrity", {}).get("ok")
-        figures["two_workers_capacity_per_s"] = _capacity(two)
-        a, b = figures["one_worker_capacity_per_s"], figures["two_workers_capacity_per_s"]
+        figures["two_workers"] = _capacity(two)
+        a = figures["one_worker"]["capacity_per_s"] if figures["one_worker"] else None
+        b = figures["two_workers"]["capacity_per_s"] if figures["two_workers"] else None
         figures["scaling_two_over_one"] = round(b / a, 3) if a and b else None
     errors = [k for k in ("one_worker", "two_workers") if "error" in results.get(k, {})]
     if errors:
@@ -785,29 +814,46 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
     return figures
 
 
-def _capacity(results: dict[str, Any]) -> float | None:
-    """Requests/s at saturation: the best of the closed loop and the open-loop sweep."""
-    best = [results.get("closed_loop", {}).get("median", {}).get("score_per_s") or 0]
-    best += [r["score"]["achieved_per_s"] or 0 for r in results.get("sweep", [])]
-    return max(best) or None
+def _capacity(results: dict[str, Any]) -> dict[str, Any] | None:
+    """Requests/s at saturation (the best any ``/score`` phase reached), and what each
+    process took of the machine's cores in that phase."""
+    phases = [
+        (f"closed loop {i + 1}", r["score"])
+        for i, r in enumerate(results.get("closed_loop", {}).get("rounds", []))
+    ]
+    phases += [(f"{r['rate_per_s']:g}/s", r["score"]) for r in results.get("sweep", [])]
+    if not phases:
+        return None
+    name, best = max(phases, key=lambda p: p[1]["achieved_per_s"] or 0)
+    cpu = best["cpu"]
+    return {
+        "capacity_per_s": best["achieved_per_s"],
+        "phase": name,
+        "gateway_cpu_ms_per_request": best["server_cpu_ms_per_request"],
+        "core_shares": {k: v["core_share"] for k, v in cpu["processes"].items()},
+        "unattributed_core_share": cpu["unattributed_core_share"],
+        "cores_busy": cpu["cores_busy"],
+    }
 
 
-def chart_series(results: dict[str, Any]) -> list[Series]:
-    """Lines of the latency chart."""
+def chart_series(results: dict[str, Any], metric: str) -> list[Series]:
+    """Lines of one chart: latency percentiles (``metric`` "latency") or CPU per request."""
     lines = []
     plan = [("one_worker", "score", "/score, 1 worker", "#1f5fbf", ("p50", "p95", "p99"))]
     plan.append(("one_worker", "echo", "echo", "#2a9d3a", ("p50", "p95", "p99")))
     plan.append(("two_workers", "score", "/score, 2 workers", "#d9731a", ("p50", "p99")))
     for stack, key, label, colour, percentiles in plan:
-        rows = results.get(stack, {}).get("sweep", [])
-        for pct in percentiles:
-            points = [
-                (r["rate_per_s"], r[key][f"{pct}_ms"])
-                for r in rows
-                if key in r and r[key][f"{pct}_ms"]
-            ]
+        rows = [r for r in results.get(stack, {}).get("sweep", []) if key in r]
+        saturated = frozenset(r["rate_per_s"] for r in rows if r[key]["saturated"])
+        fields = (
+            [(pct, f"{pct}_ms") for pct in percentiles]
+            if metric == "latency"
+            else [("cpu", "server_cpu_ms_per_request")]
+        )
+        for name, field_ in fields:
+            points = [(r["rate_per_s"], r[key][field_]) for r in rows if r[key][field_]]
             if points:
-                lines.append(Series(label, pct, colour, points))
+                lines.append(Series(label, name, colour, points, saturated))
     return lines
 
 
@@ -818,7 +864,19 @@ def write_outputs(report: dict[str, Any], stamp: str) -> tuple[Path, Path]:
     out.write_text(json.dumps(report, indent=2))
     figures = {k: json.dumps(v) for k, v in report["headline"].items()}
     chart = RESULTS / f"benchmark-{stamp}.html"
-    chart.write_text(page(chart_series(report["results"]), f"scoregate benchmark {stamp}", figures))
+    charts = [
+        (
+            "Latency per offered rate",
+            "latency from the scheduled send (ms, log)",
+            chart_series(report["results"], "latency"),
+        ),
+        (
+            "Server CPU per request (its own process and workers)",
+            "CPU ms per request (log)",
+            chart_series(report["results"], "cpu"),
+        ),
+    ]
+    chart.write_text(page(charts, f"scoregate benchmark {stamp}", figures))
     return out, chart
 
 
@@ -860,8 +918,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--connections",
         type=int,
-        default=8,
-        help="closed loop, per gateway worker (default 8: see the module docstring)",
+        default=16,
+        help="closed loop, per gateway worker (default 16: see the module docstring)",
     )
     parser.add_argument(
         "--rounds", type=int, help="closed-loop and overhead rounds (default 3, quick 2)"

@@ -1,8 +1,9 @@
-"""The benchmark's latency chart: one self-contained HTML page with an inline SVG.
+"""The benchmark's charts: one self-contained HTML page with inline SVGs.
 
-Latency percentiles (log scale) against the offered rate, one colour per target
-(``/score`` at one and two workers, the echo baseline), one dash per percentile;
-the headline figures sit in a table under it.
+Latency percentiles and server CPU per request (log scales) against the offered
+rate, one colour per target (``/score`` at one and two workers, the echo baseline),
+one dash per percentile, hollow marks where the target was saturated; the headline
+figures sit in a table under them.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ class Series:
     percentile: str
     colour: str
     points: Sequence[tuple[float, float]]
+    saturated: frozenset[float] = frozenset()
+    """Rates at which the target was saturated (drawn hollow)."""
 
 
 def _ticks(low: float, high: float) -> list[float]:
@@ -44,8 +47,8 @@ def _nice_step(span: float) -> float:
     return next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
 
 
-def svg(series: Sequence[Series], title: str) -> str:
-    """The chart as an SVG element."""
+def svg(series: Sequence[Series], title: str, y_label: str) -> str:
+    """One chart as an SVG element."""
     points = [p for s in series for p in s.points if p[1] > 0]
     if not points:
         return "<p>no data</p>"
@@ -88,21 +91,22 @@ def svg(series: Sequence[Series], title: str) -> str:
         f'<text x="{LEFT + plot_w / 2}" y="{HEIGHT - 10}" text-anchor="middle">'
         "offered rate (requests/s, open loop)</text>"
         f'<text x="16" y="{TOP + plot_h / 2}" text-anchor="middle"'
-        f' transform="rotate(-90 16 {TOP + plot_h / 2})">latency from scheduled send (ms,'
-        " log)</text>"
+        f' transform="rotate(-90 16 {TOP + plot_h / 2})">{html.escape(y_label)}</text>'
     )
     for index, line in enumerate(series):
-        drawn = [(x_at(x), y_at(y)) for x, y in line.points if y > 0]
+        drawn = [(x_at(x), y_at(y), x in line.saturated) for x, y in line.points if y > 0]
         if not drawn:
             continue
-        path = " ".join(f"{x:.1f},{y:.1f}" for x, y in drawn)
+        path = " ".join(f"{x:.1f},{y:.1f}" for x, y, _ in drawn)
         dash = DASHES.get(line.percentile, "")
         out.append(
             f'<polyline points="{path}" fill="none" stroke="{line.colour}" stroke-width="2"'
             f' stroke-dasharray="{dash}"/>'
         )
         out.extend(
-            f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{line.colour}"/>' for x, y in drawn
+            f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.5" stroke="{line.colour}"'
+            f' fill="{"white" if hollow else line.colour}"/>'
+            for x, y, hollow in drawn
         )
         legend_y = TOP + 10 + index * 18
         legend_x = LEFT + plot_w + 14
@@ -116,8 +120,11 @@ def svg(series: Sequence[Series], title: str) -> str:
     return "\n".join(out)
 
 
-def page(series: Sequence[Series], title: str, headline: Mapping[str, str]) -> str:
-    """A whole HTML page: the chart and a table of headline figures."""
+def page(
+    charts: Sequence[tuple[str, str, Sequence[Series]]], title: str, headline: Mapping[str, str]
+) -> str:
+    """A whole HTML page: the charts (title, y label, lines) and the headline figures."""
+    drawn = "\n".join(svg(lines, name, y_label) for name, y_label, lines in charts)
     rows = "\n".join(
         f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in headline.items()
     )
@@ -127,5 +134,5 @@ def page(series: Sequence[Series], title: str, headline: Mapping[str, str]) -> s
         "<style>body{font-family:sans-serif;margin:24px}"
         "th{text-align:left;padding-right:16px;font-weight:normal;color:#555}"
         "td{font-family:monospace}</style></head><body>\n"
-        f"{svg(series, title)}\n<table>\n{rows}\n</table>\n</body></html>\n"
+        f"<h3>{html.escape(title)}</h3>\n{drawn}\n<table>\n{rows}\n</table>\n</body></html>\n"
     )

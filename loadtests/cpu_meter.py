@@ -70,6 +70,31 @@ def pids_named(name: str) -> list[int]:
     return found
 
 
+def pids_serving(database: str) -> list[int]:
+    """PostgreSQL backends connected to ``database`` (their title names it)."""
+    found = []
+    for pid in pids_named("postgres"):
+        try:
+            title = (PROC / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        if f" {database} " in title:
+            found.append(pid)
+    return found
+
+
+def pin(pids: Iterable[int], cpus: set[int]) -> int:
+    """Restrict processes to ``cpus``; returns how many were pinned."""
+    pinned = 0
+    for pid in pids:
+        try:
+            os.sched_setaffinity(pid, cpus)
+        except (ProcessLookupError, PermissionError):
+            continue
+        pinned += 1
+    return pinned
+
+
 def listening_pid(port: int) -> int | None:
     """The oldest process holding a TCP socket listening on ``port`` (IPv4), or None.
 
@@ -134,7 +159,8 @@ class CpuMeter:
     """CPU seconds of named groups of processes between two readings.
 
     A group is a process tree (a server and its workers, found anew at each reading),
-    a single process, or every process with a given command name. A process that appears between two
+    a single process, every process with a given command name, or the PostgreSQL
+    backends serving one database. A process that appears between two
     readings counts in full; one that exits between them drops out.
     """
 
@@ -143,6 +169,7 @@ class CpuMeter:
         trees: Mapping[str, int | None],
         named: Mapping[str, str] | None = None,
         single: Mapping[str, int | None] | None = None,
+        databases: Mapping[str, str] | None = None,
     ) -> None:
         """Name the groups to measure.
 
@@ -150,10 +177,12 @@ class CpuMeter:
             trees: Group name to the root pid of a process tree (None: not measured).
             named: Group name to a command name, for machine-wide groups.
             single: Group name to one process, without its children.
+            databases: Group name to a database whose backends form the group.
         """
         self.trees = {name: pid for name, pid in trees.items() if pid is not None}
         self.named = dict(named or {})
         self.single = {name: pid for name, pid in (single or {}).items() if pid is not None}
+        self.databases = dict(databases or {})
 
     def _group_pids(self) -> dict[str, Iterable[int]]:
         kids = parent_map()
@@ -162,6 +191,7 @@ class CpuMeter:
         }
         groups.update({name: pids_named(comm) for name, comm in self.named.items()})
         groups.update({name: [pid] for name, pid in self.single.items()})
+        groups.update({name: pids_serving(db) for name, db in self.databases.items()})
         return groups
 
     def read(self) -> Reading:
@@ -179,8 +209,7 @@ class CpuMeter:
         spent = sum(t - old.get(pid, 0) for pid, t in after.groups.get(group, {}).items())
         return max(spent, 0) / TICKS_PER_S
 
-    @staticmethod
-    def report(before: Reading, after: Reading, wall_s: float) -> dict[str, object]:
+    def report(self, before: Reading, after: Reading, wall_s: float) -> dict[str, object]:
         """CPU seconds per group, each also as a share of one core over ``wall_s``,
         and the busy share of each core."""
         groups = {}
@@ -196,7 +225,12 @@ class CpuMeter:
             elapsed = total - old_total
             cores[core] = round((busy - old_busy) / elapsed, 3) if elapsed else None
         # What the named groups do not explain: other users' processes, the kernel.
-        known = sum(g["core_share"] or 0 for g in groups.values())
+        known = sum(
+            g["core_share"] or 0
+            for name, g in groups.items()
+            # Backends of one database are already inside the machine-wide postgres group.
+            if name not in self.databases
+        )
         busy_cores = sum(c or 0 for c in cores.values())
         return {
             "processes": groups,
