@@ -80,6 +80,7 @@ _WRITEBACK_TUNING: dict[str, tuple[str, type[int] | type[float] | type[str]]] = 
     "SCOREGATE_RELAY_BACKOFF_MS": ("relay_backoff_ms", int),
     "SCOREGATE_RELAY_MAX_BACKOFF_MS": ("relay_max_backoff_ms", int),
     "SCOREGATE_RELAY_POLL_INTERVAL_MS": ("relay_poll_interval_ms", int),
+    "SCOREGATE_RELAY_LINGER_MS": ("relay_linger_ms", int),
     "SCOREGATE_RELAY_BATCH_SIZE": ("relay_batch_size", int),
     "SCOREGATE_PUBLISH_TIMEOUT_MS": ("publish_timeout_ms", int),
     "SCOREGATE_KAFKA_MAX_MESSAGE_BYTES": ("max_message_bytes", int),

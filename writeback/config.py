@@ -19,6 +19,8 @@ class WritebackConfig(msgspec.Struct, frozen=True):
         relay_batch_size: Outbox rows claimed per relay cycle.
         relay_poll_interval_ms: How often the relay looks for rows when no
             notification arrives.
+        relay_linger_ms: How long the relay waits after a wake-up for more commits to
+            join the cycle (0: none).
         relay_backoff_ms: First retry delay of an event that failed to publish.
         relay_max_backoff_ms: Cap of the exponential retry delay.
         pool_min_size: Connections the pool keeps open.
@@ -49,6 +51,7 @@ class WritebackConfig(msgspec.Struct, frozen=True):
     idempotent_producer: bool = False
     relay_batch_size: int = 200
     relay_poll_interval_ms: int = 500
+    relay_linger_ms: int = 5
     relay_backoff_ms: int = 100
     relay_max_backoff_ms: int = 30000
     pool_min_size: int = 2

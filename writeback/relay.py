@@ -506,6 +506,7 @@ class OutboxRelay:
 
     async def _relay_forever(self) -> None:
         poll_interval = self._config.relay_poll_interval_ms / 1000
+        linger = self._config.relay_linger_ms / 1000
         failures = 0
         while not self._stopping:
             self._idle.clear()
@@ -524,6 +525,10 @@ class OutboxRelay:
             if self._listening:
                 self._idle.set()
             await self._sleep(poll_interval)
+            if linger:
+                # Woken by a commit: let the commits right behind it join this cycle,
+                # so a cycle's round trips are shared by many events, not paid by each.
+                await asyncio.sleep(linger)
 
     async def _sleep(self, seconds: float) -> None:
         # Cut short by a notification, a new listener connection or stop().
