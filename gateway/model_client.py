@@ -114,14 +114,9 @@ class ModelClient:
         """
         body = _encode_request(self.request(decision_id, vector))
         url = self._url if version is None else self._versioned_url(version)
-        retrying = AsyncRetrying(
-            stop=self._stop, wait=self._wait, retry=_RETRY_TRANSIENT, reraise=True
-        )
         try:
             async with asyncio.timeout(deadline.remaining()):
-                async for attempt in retrying:
-                    with attempt:
-                        response = await self._post(url, body, deadline)
+                response = await self._post_with_retries(url, body, deadline)
         except TimeoutError as exc:
             raise DeadlineExceeded(
                 f"model {self.model.name} did not answer within the request deadline",
@@ -138,6 +133,25 @@ class ModelClient:
                 f"model {self.model.name} is unavailable: {exc}", field="model"
             ) from exc
         return self._outputs(response)
+
+    async def _post_with_retries(self, url: str, body: bytes, deadline: Deadline) -> InferResponse:
+        # Most calls succeed at once; tenacity's machinery starts with the first failure.
+        try:
+            return await self._post(url, body, deadline)
+        except _Transient as exc:
+            first_failure: _Transient | None = exc
+        retrying = AsyncRetrying(
+            stop=self._stop, wait=self._wait, retry=_RETRY_TRANSIENT, reraise=True
+        )
+        async for attempt in retrying:
+            with attempt:
+                if first_failure is not None:
+                    # Replayed as tenacity's first attempt: its stop, wait and predicate
+                    # then apply exactly as if tenacity had made the call.
+                    failure, first_failure = first_failure, None
+                    raise failure
+                return await self._post(url, body, deadline)
+        raise AssertionError("tenacity stops by raising")  # pragma: no cover
 
     def _versioned_url(self, version: str) -> str:
         base = self.model.endpoint.rstrip("/")

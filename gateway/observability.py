@@ -86,9 +86,23 @@ def tracer_provider_from_env(env: Mapping[str, str] | None = None) -> Any:
     return provider
 
 
+_recording = False
+
+
+def refresh_tracing() -> bool:
+    """Note whether a real tracer provider is installed (OTLP, or a test's).
+
+    Asked once per app, not per span: ``get_tracer_provider()`` reads the process
+    environment on every call until a provider is set.
+    """
+    global _recording
+    _recording = not isinstance(trace.get_tracer_provider(), ProxyTracerProvider)
+    return _recording
+
+
 def tracing_enabled() -> bool:
-    """True once a real tracer provider is installed (OTLP, or a test's)."""
-    return not isinstance(trace.get_tracer_provider(), ProxyTracerProvider)
+    """True when spans are recorded (as of the last :func:`refresh_tracing`)."""
+    return _recording
 
 
 def stage(

@@ -34,7 +34,7 @@ Cursor = Annotated[
 ]
 
 
-@get("/dlq", guards=[requires("operator")])
+@get("/dlq", opt=requires("operator"))
 async def dead_letters(
     gateway: NamedDependency[Gateway], limit: PageSize = 50, cursor: Cursor = None
 ) -> DeadLetterPage:
@@ -47,7 +47,7 @@ async def dead_letters(
         raise Unavailable("the audit store is unavailable", field="audit") from exc
 
 
-@post("/dlq/{event_id:str}/redrive", status_code=200, guards=[requires("operator")])
+@post("/dlq/{event_id:str}/redrive", status_code=200, opt=requires("operator"))
 async def redrive(
     event_id: FromPath[str],
     gateway: NamedDependency[Gateway],
@@ -81,7 +81,7 @@ async def public_metrics(gateway: NamedDependency[Gateway]) -> Response[bytes]:
     return await _metrics(gateway)
 
 
-@get("/metrics", guards=[requires("operator")], include_in_schema=False)
+@get("/metrics", opt=requires("operator"), include_in_schema=False)
 async def operator_metrics(gateway: NamedDependency[Gateway]) -> Response[bytes]:
     """Prometheus metrics, for operator keys only."""
     return await _metrics(gateway)

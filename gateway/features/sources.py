@@ -126,6 +126,11 @@ class SourceClient:
             done.exception()  # retrieved here so an unawaited failure is not logged
 
     async def _fetch_with_retries(self, path: str, deadline: Deadline) -> SourceRecord:
+        # Most calls succeed at once; tenacity's machinery starts with the first failure.
+        try:
+            return await self._fetch_once(path, deadline)
+        except TransientSourceError as exc:
+            first_failure: TransientSourceError | None = exc
         retrying = AsyncRetrying(
             stop=self._stop_after_attempts | _DeadlineStop(deadline),
             wait=self._wait,
@@ -134,6 +139,11 @@ class SourceClient:
         )
         async for attempt in retrying:
             with attempt:
+                if first_failure is not None:
+                    # Replayed as tenacity's first attempt: its stop, wait and predicate
+                    # then apply exactly as if tenacity had made the call.
+                    failure, first_failure = first_failure, None
+                    raise failure
                 return await self._fetch_once(path, deadline)
         raise AssertionError("tenacity stops by raising")  # pragma: no cover
 
