@@ -60,6 +60,7 @@ class PhaseResult:
             "server_error_rate": round(server_errors / sent, 5) if sent else None,
             "degraded_share": round(self.degraded / ok, 4) if ok else None,
             "achieved_per_s": round(ok / self.elapsed_s, 1) if self.elapsed_s else None,
+            "elapsed_s": round(self.elapsed_s, 3),
             "p50_ms": percentile(self.latencies_ms, 0.50),
             "p95_ms": percentile(self.latencies_ms, 0.95),
             "p99_ms": percentile(self.latencies_ms, 0.99),
