@@ -8,8 +8,9 @@ other, or measures a running stack (``--url``). Then, in the same run:
 
 1. **Latency per rate.** ``/score`` open loop at rising fixed rates until it
    saturates (latency from the scheduled send time, so no coordinated omission),
-   each rate followed by the echo baseline (``echo_app.py``: Litestar + msgspec on
-   uvicorn with uvloop and httptools, pinned to the gateway's core, the same body).
+   alternating in rounds with the echo baseline (``echo_app.py``: Litestar + msgspec
+   on uvicorn with uvloop and httptools, pinned to the gateway's core, the same body)
+   at the same rate; percentiles are the medians of the rounds'.
 2. **Capacity.** Each server's CPU seconds per request, from ``/proc`` (its process
    and workers, before and after each phase, the outbox drained), so what PostgreSQL,
    Redis, the model server and the load generator spend does not count; the
@@ -20,10 +21,10 @@ other, or measures a running stack (``--url``). Then, in the same run:
    more, a saturated gateway trips its own Redis breaker and measures its fallback
    path). The PostgreSQL backends serving the run's database are moved to the other
    cores too; the machine's PostgreSQL and Redis servers themselves are left alone.
-3. **Own overhead.** At a moderate rate, on freshly pushed features, ``/score``'s p50
-   minus the p50s of its dependencies' own round trips measured from this host:
-   a Redis read of the same fields, a model call with the same body, a PostgreSQL
-   commit of a decision-sized row (``probes.py``).
+3. **Own overhead.** At a moderate rate, on customers whose features the feed keeps
+   fresh (``feed.py``), ``/score``'s p50 minus the p50s of its dependencies' own round
+   trips measured from this host: a Redis read of the same fields, a model call with
+   the same body, a PostgreSQL commit of a decision-sized row (``probes.py``).
 4. **Integrity.** Audit rows = 200 answers, ``decision.made`` events on the topic =
    committed decisions, no duplicate ``ce_id`` (``integrity.py``).
 5. **Scaling.** The stack again with ``scoregate serve --workers 2`` and nothing
@@ -76,7 +77,7 @@ from traffic import MERCHANTS, fresh_customers, score_body
 
 from gateway.auth import key_from_secret, parse_dev_keys
 from gateway.dev.broker import free_port, wait_for_port
-from gateway.dev.stack import DevStack
+from gateway.dev.stack import DEFAULT_DATABASE_URL, DevStack
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
@@ -809,10 +810,11 @@ async def run_dev_stack(
 
 async def own_stack(args: argparse.Namespace, settings: Settings, run: str) -> dict[str, Any]:
     """Both stacks (one pinned worker, then two workers), the echo beside the first."""
-    os.environ["SCOREGATE_DATABASE_URL"] = args.database_url
+    database_url = args.database_url or DATABASE
+    os.environ["SCOREGATE_DATABASE_URL"] = database_url
     os.environ["SCOREGATE_REDIS_PREFIX"] = f"bench-{run}"
     os.environ.setdefault("SCOREGATE_PII_KEY", uuid.uuid4().hex)
-    await fresh_database(args.database_url)
+    await fresh_database(database_url)
     everything = os.sched_getaffinity(0)
     pin = len(everything) >= 2 and not args.no_pin
     gateway_cpu = str(args.gateway_cpu) if pin else None
@@ -860,7 +862,10 @@ async def running_stack(args: argparse.Namespace, settings: Settings, run: str) 
     cpus = allowed_cpus(gateway_pid) if gateway_pid else None
     echo_cpus = cpus if cpus and cpus != allowed_cpus(os.getpid()) else None
     echo_process, echo_url = await start_echo(echo_cpus)
-    env = {**os.environ, "SCOREGATE_DATABASE_URL": args.database_url}
+    env = dict(os.environ)
+    env["SCOREGATE_DATABASE_URL"] = (
+        args.database_url or env.get("SCOREGATE_DATABASE_URL") or DEFAULT_DATABASE_URL
+    )
     results: dict[str, Any] = {"workers": None, "gateway_cpus": cpus}
     try:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=2048)) as session:
@@ -894,6 +899,9 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
         "echo_per_s_per_core": round(1000 / echo_cpu) if echo_cpu else None,
         "capacity_ratio_per_rate": {f"{r['rate_per_s']:g}": r["capacity_ratio"] for r in rows},
         "own_overhead_ms": one.get("overhead", {}).get("median", {}).get("own_overhead_ms"),
+        "own_overhead_ms_per_round": [
+            r["own_overhead_ms"] for r in one.get("overhead", {}).get("rounds", [])
+        ],
         "integrity_one_worker": one.get("integrity", {}).get("ok"),
         "one_worker": _capacity(one),
     }
@@ -968,11 +976,38 @@ def chart_series(results: dict[str, Any], metric: str) -> list[Series]:
     return lines
 
 
+def compact(report: dict[str, Any]) -> dict[str, Any]:
+    """The report without per-round and per-process detail: what a reader compares."""
+    keep = ("achieved_per_s", "p50_ms", "p95_ms", "p99_ms", "error_rate")
+    keep += ("server_cpu_ms_per_request", "source_fetch_share", "saturated")
+    stacks = {}
+    for name, stack in report["results"].items():
+        if not isinstance(stack, dict):
+            continue
+        rates = [
+            {"rate_per_s": row["rate_per_s"]}
+            | {t: {k: row[t].get(k) for k in keep} for t in ("score", "echo") if t in row}
+            for row in stack.get("sweep", [])
+        ]
+        stacks[name] = {
+            "rates": rates,
+            "closed_loop": stack.get("closed_loop", {}).get("median"),
+            "overhead": stack.get("overhead", {}).get("median"),
+            "integrity": stack.get("integrity"),
+        }
+    return {
+        key: report[key] for key in ("when", "code", "machine", "settings", "wall_s", "headline")
+    } | {"stacks": stacks}
+
+
 def write_outputs(report: dict[str, Any], stamp: str) -> tuple[Path, Path]:
-    """The JSON results and the HTML chart under ``loadtests/results/``."""
+    """The JSON results (in full and in summary) and the HTML charts under
+    ``loadtests/results/``."""
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"benchmark-{stamp}.json"
     out.write_text(json.dumps(report, indent=2))
+    summary = RESULTS / f"benchmark-{stamp}.summary.json"
+    summary.write_text(json.dumps(compact(report), indent=2))
     figures = {k: json.dumps(v) for k, v in report["headline"].items()}
     chart = RESULTS / f"benchmark-{stamp}.html"
     charts = [
@@ -1043,7 +1078,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--gateway-cpu", type=int, default=0, help="core the gateway gets")
     parser.add_argument("--no-pin", action="store_true", help="pin nothing")
     parser.add_argument("--skip-scaling", action="store_true", help="no 2-worker stack")
-    parser.add_argument("--database-url", default=DATABASE, help="the run's own database")
+    parser.add_argument(
+        "--database-url",
+        help=f"own stack: its database, dropped first (default {DATABASE}); with --url:"
+        " the gateway's (default SCOREGATE_DATABASE_URL or scoregate dev's)",
+    )
     parser.add_argument("--url", help="measure the gateway running at this URL instead")
     parser.add_argument("--keys", help="with --url: scorer=KEY[,...] (SCOREGATE_DEV_KEYS)")
     parser.add_argument("--gateway-pid", type=int, help="with --url: the gateway's pid")
