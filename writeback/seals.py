@@ -1,6 +1,7 @@
 """Tamper evidence: a hash chain over decision records.
 
-A sealer appends, in commit order, one seal per committed decision:
+A sealer appends, in the order decisions were inserted (a trigger queues each one),
+one seal per committed decision:
 ``hash = sha256(previous seal's hash || the record's JSON text)``, the text byte for
 byte as committed (the column is ``json``, which keeps it verbatim). Editing a record,
 deleting it, or editing a seal breaks the chain at that point, and :func:`verify`
@@ -18,7 +19,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-from datetime import UTC, datetime
+from datetime import datetime
 
 import asyncpg
 
@@ -28,16 +29,19 @@ log = logging.getLogger(__name__)
 
 GENESIS = bytes(32)
 _LOCK = "SELECT pg_try_advisory_xact_lock(hashtext('scoregate_decision_seals'))"
-_HEAD = "SELECT seq, hash, committed_at FROM decision_seals ORDER BY seq DESC LIMIT 1"
-# Commits land out of commit-time order (a transaction's now() is its start), so the
-# sealer looks back a while for stragglers behind its head.
-_UNSEALED = """
-SELECT d.decision_id, d.committed_at, d.record::text AS record
-FROM decisions AS d
-WHERE d.committed_at >= $1
-  AND NOT EXISTS (SELECT 1 FROM decision_seals AS s WHERE s.decision_id = d.decision_id)
-ORDER BY d.committed_at, d.decision_id
-LIMIT $2
+_HEAD = "SELECT seq, hash FROM decision_seals ORDER BY seq DESC LIMIT 1"
+# A trigger queues every inserted decision; the sealer takes the queue in order. A
+# decision gone before its turn (dropped by retention) is skipped.
+_TAKE = """
+WITH taken AS (
+    DELETE FROM decision_seal_queue
+    WHERE seq IN (SELECT seq FROM decision_seal_queue ORDER BY seq LIMIT $1)
+    RETURNING seq, decision_id, committed_at
+)
+SELECT t.seq, t.decision_id, t.committed_at, d.record::text AS record
+FROM taken AS t
+LEFT JOIN decisions AS d ON d.decision_id = t.decision_id AND d.committed_at = t.committed_at
+ORDER BY t.seq
 """
 _INSERT = """
 INSERT INTO decision_seals (seq, decision_id, committed_at, prev_hash, hash)
@@ -55,12 +59,8 @@ LIMIT $2
 _START = """
 SELECT seq, hash FROM decision_seals WHERE committed_at < $1 ORDER BY seq DESC LIMIT 1
 """
-_UNSEALED_COUNT = """
-SELECT count(*) FROM decisions AS d
-WHERE NOT EXISTS (SELECT 1 FROM decision_seals AS s WHERE s.decision_id = d.decision_id)
-"""
+_UNSEALED_COUNT = "SELECT count(*) FROM decision_seal_queue"
 _OLDEST_RETAINED = "SELECT min(committed_at) FROM decisions"
-_LOOKBACK = "10 minutes"
 
 
 def link(prev_hash: bytes, record_text: str) -> bytes:
@@ -82,17 +82,15 @@ class DecisionSealer:
         async with self._pool.acquire() as conn, conn.transaction():
             if not await conn.fetchval(_LOCK):
                 return 0  # another sealer holds the chain
-            head = await conn.fetchrow(_HEAD)
-            seq, prev = (head["seq"], bytes(head["hash"])) if head else (0, GENESIS)
-            since = await conn.fetchval(
-                f"SELECT $1::timestamptz - interval '{_LOOKBACK}'",
-                head["committed_at"] if head else datetime(1970, 1, 1, tzinfo=UTC),
-            )
-            rows = await conn.fetch(_UNSEALED, since, self._batch)
+            rows = await conn.fetch(_TAKE, self._batch)
             if not rows:
                 return 0
+            head = await conn.fetchrow(_HEAD)
+            seq, prev = (head["seq"], bytes(head["hash"])) if head else (0, GENESIS)
             seqs, ids, times, prevs, hashes = [], [], [], [], []
             for row in rows:
+                if row["record"] is None:
+                    continue
                 seq += 1
                 digest = link(prev, row["record"])
                 seqs.append(seq)
@@ -101,7 +99,8 @@ class DecisionSealer:
                 prevs.append(prev)
                 hashes.append(digest)
                 prev = digest
-            await conn.execute(_INSERT, seqs, ids, times, prevs, hashes)
+            if seqs:
+                await conn.execute(_INSERT, seqs, ids, times, prevs, hashes)
             return len(rows)
 
     async def _run(self) -> None:
