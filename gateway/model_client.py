@@ -29,6 +29,7 @@ from gateway.breaker import BreakerOpen, DependencyBreaker
 from gateway.deadline import Deadline
 from gateway.errors import DeadlineExceeded, GatewayError, Unavailable
 from gateway.observability import inject, stage
+from gateway.retries import call_with_retries
 
 _encode_request = msgspec.json.Encoder().encode
 _decode_response = msgspec.json.Decoder(InferResponse).decode
@@ -135,23 +136,13 @@ class ModelClient:
         return self._outputs(response)
 
     async def _post_with_retries(self, url: str, body: bytes, deadline: Deadline) -> InferResponse:
-        # Most calls succeed at once; tenacity's machinery starts with the first failure.
-        try:
-            return await self._post(url, body, deadline)
-        except _Transient as exc:
-            first_failure: _Transient | None = exc
-        retrying = AsyncRetrying(
-            stop=self._stop, wait=self._wait, retry=_RETRY_TRANSIENT, reraise=True
+        return await call_with_retries(
+            lambda: self._post(url, body, deadline),
+            lambda: AsyncRetrying(
+                stop=self._stop, wait=self._wait, retry=_RETRY_TRANSIENT, reraise=True
+            ),
+            _Transient,
         )
-        async for attempt in retrying:
-            with attempt:
-                if first_failure is not None:
-                    # Replayed as tenacity's first attempt: its stop, wait and predicate
-                    # then apply exactly as if tenacity had made the call.
-                    failure, first_failure = first_failure, None
-                    raise failure
-                return await self._post(url, body, deadline)
-        raise AssertionError("tenacity stops by raising")  # pragma: no cover
 
     def _versioned_url(self, version: str) -> str:
         base = self.model.endpoint.rstrip("/")

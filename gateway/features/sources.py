@@ -28,6 +28,7 @@ from contracts.registry import Source
 from gateway.breaker import DependencyBreaker
 from gateway.deadline import Deadline
 from gateway.observability import inject, stage
+from gateway.retries import call_with_retries
 
 log = logging.getLogger(__name__)
 
@@ -126,26 +127,16 @@ class SourceClient:
             done.exception()  # retrieved here so an unawaited failure is not logged
 
     async def _fetch_with_retries(self, path: str, deadline: Deadline) -> SourceRecord:
-        # Most calls succeed at once; tenacity's machinery starts with the first failure.
-        try:
-            return await self._fetch_once(path, deadline)
-        except TransientSourceError as exc:
-            first_failure: TransientSourceError | None = exc
-        retrying = AsyncRetrying(
-            stop=self._stop_after_attempts | _DeadlineStop(deadline),
-            wait=self._wait,
-            retry=_RETRY_TRANSIENT,
-            reraise=True,
+        return await call_with_retries(
+            lambda: self._fetch_once(path, deadline),
+            lambda: AsyncRetrying(
+                stop=self._stop_after_attempts | _DeadlineStop(deadline),
+                wait=self._wait,
+                retry=_RETRY_TRANSIENT,
+                reraise=True,
+            ),
+            TransientSourceError,
         )
-        async for attempt in retrying:
-            with attempt:
-                if first_failure is not None:
-                    # Replayed as tenacity's first attempt: its stop, wait and predicate
-                    # then apply exactly as if tenacity had made the call.
-                    failure, first_failure = first_failure, None
-                    raise failure
-                return await self._fetch_once(path, deadline)
-        raise AssertionError("tenacity stops by raising")  # pragma: no cover
 
     async def _fetch_once(self, path: str, deadline: Deadline) -> SourceRecord:
         if self._slots.locked():
