@@ -28,8 +28,3 @@ class Deadline:
         earlier.budget_s = max(0.0, self.budget_s - reserve_s)
         earlier.expires_at = self.expires_at - reserve_s
         return earlier
-
-    @property
-    def expired(self) -> bool:
-        """True once the budget is spent."""
-        return time.monotonic() >= self.expires_at

@@ -120,13 +120,6 @@ def inject(headers: MutableMapping[str, str]) -> MutableMapping[str, str]:
     return headers
 
 
-def traceparent() -> str | None:
-    """The current span's ``traceparent``, if there is a valid one."""
-    carrier: dict[str, str] = {}
-    _propagator.inject(carrier)
-    return carrier.get("traceparent")
-
-
 def current_trace_id() -> str | None:
     """The current trace's id as 32 hex digits, if there is one."""
     context = trace.get_current_span().get_span_context()

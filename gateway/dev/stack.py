@@ -49,7 +49,6 @@ class DevStack:
         self.customers = customers
         self.workers = workers
         self.gateway_cpus = gateway_cpus
-        self.gateway_pid: int | None = None
         self.pids: dict[str, int] = {}
         """Process id of each child by name: ``sources``, ``model``, ``gateway``."""
         self.env: dict[str, str] = {}
@@ -92,7 +91,7 @@ class DevStack:
         self.keys = self._keys(env)
         self.env = env
         prefix = ["taskset", "-c", self.gateway_cpus] if self.gateway_cpus else []
-        gateway = await self._spawn(
+        await self._spawn(
             "gateway",
             "gateway.cli",
             "serve",
@@ -103,8 +102,6 @@ class DevStack:
             env=env,
             prefix=prefix,
         )
-        # taskset execs the command, so the pid is the gateway's own.
-        self.gateway_pid = gateway.pid
         await self._wait_ready(limit_s=20)
 
     @staticmethod
@@ -231,6 +228,11 @@ class DevStack:
                 await child.wait()
         if self._broker is not None:
             await self._broker.stop()
+
+    @property
+    def gateway_pid(self) -> int | None:
+        """The gateway process's id, once it runs (``taskset`` execs it: the same pid)."""
+        return self.pids.get("gateway")
 
     @property
     def logs(self) -> Path:
