@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -23,6 +24,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 import uvicorn
+from aiokafka import AIOKafkaConsumer
 from litestar import Litestar
 
 from gateway.app import create_app
@@ -277,3 +279,24 @@ async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     client = aioredis.Redis.from_url(redis_url)
     yield client
     await client.aclose()
+
+
+async def consume(bootstrap: str, topic: str, expected: int, timeout: float = 15.0) -> list[Any]:
+    """Every record of ``topic`` once ``expected`` arrived (and a moment more, to see extras)."""
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    records: list[Any] = []
+    try:
+        async with asyncio.timeout(timeout):
+            while len(records) < expected:
+                batches = await consumer.getmany(timeout_ms=200)
+                for batch in batches.values():
+                    records.extend(batch)
+        batches = await consumer.getmany(timeout_ms=500)
+        for batch in batches.values():
+            records.extend(batch)
+    finally:
+        await consumer.stop()
+    return records

@@ -14,8 +14,7 @@ import pytest
 from gateway.app import create_app
 from gateway.dev.broker import LocalBroker
 from gateway.settings import GatewaySettings
-from tests.conftest import serve
-from tests.gateway.test_events import consume
+from tests.conftest import consume, serve
 from tests.gateway.test_score import body, seed
 
 
@@ -81,7 +80,7 @@ async def test_standalone_relay_publishes_what_the_gateway_committed(
             sys.executable, "-m", "gateway.cli", "relay", env={**os.environ, **env}
         )
         try:
-            records = await consume(broker, topic, expected=1)
+            records = await consume(broker.bootstrap, topic, expected=1)
         finally:
             relay.terminate()
             assert await asyncio.wait_for(relay.wait(), timeout=15) == 0

@@ -3,48 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import httpx
 import msgspec
 import pytest
-from aiokafka import AIOKafkaConsumer
 
 from contracts.events import DecisionMade, DecisionRolledBack, OutcomeEvent
 from gateway.dev.broker import LocalBroker
+from tests.conftest import consume
 from tests.gateway.test_score import body, seed
 
 pytestmark = pytest.mark.services
 
 Client = httpx.AsyncClient
-
-
-async def consume(broker: LocalBroker, topic: str, expected: int) -> list[Any]:
-    """Every record on the topic, waiting until ``expected`` have arrived (or 15 s)."""
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=broker.bootstrap,
-        group_id=f"audit-{uuid.uuid4().hex[:8]}",
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
-    await consumer.start()
-    records: list[Any] = []
-    try:
-        async with asyncio.timeout(15):
-            while len(records) < expected:
-                batch = await consumer.getmany(timeout_ms=200)
-                for partition_records in batch.values():
-                    records.extend(partition_records)
-        # Anything beyond what was expected is a duplicate; give it a moment to show.
-        extra = await consumer.getmany(timeout_ms=500)
-        for partition_records in extra.values():
-            records.extend(partition_records)
-    finally:
-        await consumer.stop()
-    return records
 
 
 async def test_each_decision_is_published_once_as_a_cloudevent(
@@ -55,7 +27,7 @@ async def test_each_decision_is_published_once_as_a_cloudevent(
         *(client.post("/score", json=body("c-20", "m-20")) for _ in range(10))
     )
     decision_ids = {a.json()["decision_id"] for a in answers}
-    records = await consume(broker, topic, expected=10)
+    records = await consume(broker.bootstrap, topic, expected=10)
     assert len(records) == 10
     ce_ids = set()
     for record in records:
@@ -99,7 +71,7 @@ async def test_rollback_event_follows_its_decision_once(
         )
     )
     assert len({r.json()["event_id"] for r in rollbacks}) == 1
-    records = await consume(broker, topic, expected=2)
+    records = await consume(broker.bootstrap, topic, expected=2)
     assert [dict(r.headers)["ce_type"] for r in records] == [
         b"scoregate.decision.made",
         b"scoregate.decision.rolled_back",

@@ -14,8 +14,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.dev.broker import LocalBroker
-from tests.conftest import bearer
-from tests.gateway.test_events import consume
+from tests.conftest import bearer, consume
 from tests.gateway.test_score import body, seed
 
 pytestmark = pytest.mark.services
@@ -64,7 +63,7 @@ async def test_one_request_is_one_trace_from_caller_to_kafka(
     assert response.status_code == 200, response.text
     decision_id = response.json()["decision_id"]
 
-    records = await consume(broker, topic, expected=1)
+    records = await consume(broker.bootstrap, topic, expected=1)
     headers = dict(records[0].headers)
     assert headers["traceparent"].decode().split("-")[1] == TRACE_ID
 

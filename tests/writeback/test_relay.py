@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
-from typing import Any
 
 import asyncpg
 import msgspec
 import pytest
-from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from contracts.events import (
@@ -21,6 +19,7 @@ from contracts.events import (
     OutcomeEvent,
 )
 from gateway.dev.broker import LocalBroker
+from tests.conftest import consume
 from tests.writeback.conftest import commit, make_record
 from writeback.audit_store import AuditStore
 from writeback.config import WritebackConfig
@@ -31,27 +30,6 @@ from writeback.relay import OutboxRelay
 pytestmark = pytest.mark.services
 
 event_decoder = msgspec.json.Decoder(OutcomeEvent)
-
-
-async def consume(bootstrap: str, topic: str, expected: int, timeout: float = 15.0) -> list[Any]:
-    """Every record of ``topic`` once ``expected`` arrived (and a moment more, to see extras)."""
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest"
-    )
-    await consumer.start()
-    records: list[Any] = []
-    try:
-        async with asyncio.timeout(timeout):
-            while len(records) < expected:
-                batches = await consumer.getmany(timeout_ms=200)
-                for batch in batches.values():
-                    records.extend(batch)
-        batches = await consumer.getmany(timeout_ms=500)
-        for batch in batches.values():
-            records.extend(batch)
-    finally:
-        await consumer.stop()
-    return records
 
 
 async def drain(relay: OutboxRelay, pool: asyncpg.Pool, timeout: float = 20.0) -> None:
