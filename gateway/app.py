@@ -304,14 +304,15 @@ async def score(
     """Score one subject with one model; the answer is committed to the audit store."""
     state = request.scope["state"]
     record_stage("decode", state.get(AUTH_DONE, time.time_ns()))
-    state["scoregate.model"] = data.model
+    # Metric labels come from the registry only: a caller cannot mint series.
+    state["scoregate.model"] = data.model if data.model in gateway.registry.plans else "unknown"
     principal = request.user
     async with gateway.admission:
         response = await gateway.scorer.score(data, principal.key_id, timeout_ms)
     return response if principal.sees_pii else gateway.masker.response(response)
 
 
-@post("/features/push", status_code=200, opt=requires("scorer"))
+@post("/features/push", status_code=200, opt=requires("feature_writer"))
 async def push_features(data: JSONBody[PushRequest], gateway: GatewayDep) -> PushResponse:
     """Write feature values of one entity; older event times never overwrite newer."""
     return await gateway.pusher.push(data)

@@ -31,8 +31,8 @@ from litestar.types import ASGIApp
 
 from gateway.observability import stage
 
-Role = Literal["scorer", "auditor", "operator", "admin"]
-ROLES: tuple[Role, ...] = ("scorer", "auditor", "operator", "admin")
+Role = Literal["scorer", "feature_writer", "auditor", "operator", "admin"]
+ROLES: tuple[Role, ...] = ("scorer", "feature_writer", "auditor", "operator", "admin")
 SCOPES = frozenset({"pii"})
 COOKIE = "scoregate_key"
 AUTH_DONE = "scoregate.auth_done_ns"

@@ -209,9 +209,15 @@ class TracingMiddleware:
                     otel_context.detach(token)
             route = _route_of(scope)
         model = scope.get("state", {}).get("scoregate.model", "")
-        REQUEST_SECONDS.labels(route, method, f"{status // 100}xx", model).observe(
+        label = method if method in _METHODS else "other"
+        REQUEST_SECONDS.labels(route, label, f"{status // 100}xx", model).observe(
             time.perf_counter() - started
         )
+
+
+# Label values come from fixed sets (methods, route templates, registry models), never
+# from what a caller sends, so the number of series stays bounded.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 def _route_of(scope: Scope) -> str:

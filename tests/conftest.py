@@ -37,6 +37,7 @@ from writeback.config import WritebackConfig
 KEYS = {
     "scorer": "sk-test-scorer-5e1c0d9a",
     "scorer2": "sk-test-scorer-two-77b2",
+    "feature_writer": "sk-test-feature-writer-4b07",
     "auditor": "sk-test-auditor-0a4471",
     "auditor_pii": "sk-test-auditor-pii-93c1",
     "operator": "sk-test-operator-c2de55",
@@ -45,6 +46,7 @@ KEYS = {
 API_KEYS = (
     key_from_secret(KEYS["scorer"], ["scorer"]),
     key_from_secret(KEYS["scorer2"], ["scorer"]),
+    key_from_secret(KEYS["feature_writer"], ["feature_writer"]),
     key_from_secret(KEYS["auditor"], ["auditor"]),
     key_from_secret(KEYS["auditor_pii"], ["auditor"], ["pii"]),
     key_from_secret(KEYS["operator"], ["operator"]),

@@ -209,7 +209,7 @@ class DevStack:
             },
         }
         async with session.post(
-            f"{self.url}/features/push", json=body, headers=self.headers("scorer")
+            f"{self.url}/features/push", json=body, headers=self.headers("feature_writer")
         ) as response:
             response.raise_for_status()
         return 1

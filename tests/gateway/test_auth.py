@@ -19,7 +19,7 @@ Client = httpx.AsyncClient
 DECISION = "01a20000-0000-7000-8000-000000000000"
 ROUTES = [
     ("POST", "/score", "scorer"),
-    ("POST", "/features/push", "scorer"),
+    ("POST", "/features/push", "feature_writer"),
     ("GET", f"/decisions/{DECISION}", "auditor"),
     ("GET", "/decisions", "auditor"),
     ("GET", f"/decisions/{DECISION}/access-log", "auditor"),
@@ -79,7 +79,7 @@ async def test_each_route_wants_a_key_and_its_role(
         method, path, headers={"Authorization": "Bearer sk-nobody"}, **kwargs
     )
     assert unknown.status_code == 401
-    for who in ("scorer", "auditor", "operator", "admin"):
+    for who in ("scorer", "feature_writer", "auditor", "operator", "admin"):
         response = await client.request(method, path, headers=bearer(who), **kwargs)
         if who in {role, "admin"}:
             assert response.status_code not in {401, 403}, (who, response.text)

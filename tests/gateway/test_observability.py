@@ -126,3 +126,33 @@ async def test_metrics_parse_as_prometheus_text(client: Client) -> None:
         s.labels["dependency"]: s.value for s in families["scoregate_circuit_breaker_state"].samples
     }
     assert breakers["source:txn_stats"] == 0
+
+
+def _latency_series(text: str) -> set[tuple[tuple[str, str], ...]]:
+    families = {family.name: family for family in text_string_to_metric_families(text)}
+    return {
+        tuple(sorted(s.labels.items()))
+        for s in families["scoregate_http_server_request_duration_seconds"].samples
+        if s.name.endswith("_count")
+    }
+
+
+async def test_unknown_model_names_and_methods_add_no_metric_series(client: Client) -> None:
+    async def unknown(number: int) -> None:
+        response = await client.post("/score", json={**body("c-t3", "m-t3"), "model": f"m{number}"})
+        assert response.status_code == 400
+        assert response.json()["field"] == "model"
+
+    for number in range(3):  # every label combination these requests can reach exists now
+        await unknown(number)
+    await client.request("BREW", "/score")
+    await client.request("BREW2", "/score")
+    before = _latency_series((await client.get("/metrics", headers={"Authorization": ""})).text)
+    for start in range(3, 1000, 100):
+        for number in range(start, min(start + 100, 1000)):
+            await unknown(number)
+    for number in range(20):
+        await client.request(f"X{number}", "/score")
+    after = _latency_series((await client.get("/metrics", headers={"Authorization": ""})).text)
+    assert after == before
+    assert all(dict(labels)["model"] in {"", "fraud", "unknown"} for labels in after)
