@@ -1,16 +1,22 @@
-# Build a wheel in one stage, install it into a slim runtime as a non-root user.
+# Build the environment from uv.lock in one stage, copy it into a slim runtime that runs as
+# a non-root user. uv itself comes pinned with hashes, as in .ci/setup.
 FROM python:3.11-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY .ci/uv-requirements.txt /tmp/uv-requirements.txt
+RUN pip install --no-cache-dir --require-hashes -r /tmp/uv-requirements.txt
+ENV UV_PROJECT_ENVIRONMENT=/opt/scoregate UV_PYTHON_DOWNLOADS=never UV_COMPILE_BYTECODE=1
+COPY pyproject.toml uv.lock README.md ./
+# The locked dependencies first (a layer that changes only with the lock), then the project.
+RUN uv sync --locked --no-install-project --no-editable --python /usr/local/bin/python3.11
 COPY contracts ./contracts
 COPY gateway ./gateway
 COPY writeback ./writeback
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+RUN uv sync --locked --no-editable --python /usr/local/bin/python3.11
 
 FROM python:3.11-slim
 RUN useradd --create-home --uid 10001 scoregate
-COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
+COPY --from=build /opt/scoregate /opt/scoregate
+ENV PATH=/opt/scoregate/bin:$PATH
 USER scoregate
 WORKDIR /home/scoregate
 ENV SCOREGATE_REGISTRY=/etc/scoregate/registry.toml
