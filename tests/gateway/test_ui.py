@@ -379,7 +379,8 @@ async def test_a_person_reads_a_real_decision_in_headless_chromium(
             fill = await txn.locator(".bar > span").bounding_box()
             track = await txn.locator(".bar").bounding_box()
             assert fill and track
-            assert fill["width"] / track["width"] == pytest.approx(min(1, staleness / sla), abs=0.02)
+            share = min(1, staleness / sla)
+            assert fill["width"] / track["width"] == pytest.approx(share, abs=0.02)
             await expect(txn).to_contain_text("orders-cdc:42")
             await expect(txn).to_contain_text(record["features"]["txn_count_30m"]["lineage_id"])
             age = page.locator("#feature-account_age_days")
