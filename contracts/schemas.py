@@ -1,127 +1,263 @@
-"""JSON Schemas of the public contracts, and the check that keeps them compatible.
+"""JSON Schemas of the public contracts, their released baselines, and the release step.
 
 ``python -m contracts.schemas`` writes one schema file per public type into
-``contracts/schemas/``. Those files are committed: they are what existing clients
-were built against, and :func:`breaking_changes` says how a new version of a
-contract would break them.
+``contracts/schemas/``: the contract as the code defines it now, for people and
+tools to read. ``contracts/released/<major>/`` holds the schemas of each released
+major version of the contract; the current schemas are judged against the
+baseline of :data:`contracts.version.CONTRACT_VERSION` by the rule in
+:mod:`contracts.compatibility`, which needs to know which way each type travels.
+
+``python -m contracts.schemas --release`` cuts the baseline of the current major
+version: it refreshes an existing one only with compatible changes (new optional
+fields, say), and starts a new folder after ``CONTRACT_VERSION`` has been raised.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
 from contracts.audit import AccessLog, DecisionPage, ReplayRequest, ReplayResult, VerifyReport
+from contracts.compatibility import Direction, JSONObject, breaking_changes
 from contracts.deadletters import DeadLetter, DeadLetterPage
 from contracts.decisions import DecisionRecord, RollbackRequest, RollbackState
 from contracts.events import OutcomeEvent
 from contracts.features import PushRequest, PushResponse
 from contracts.registry import RegistryFile
 from contracts.scoring import ErrorBody, ScoreRequest, ScoreResponse
+from contracts.version import CONTRACT_VERSION
 
 SCHEMA_DIR = Path(__file__).parent / "schemas"
+RELEASED_DIR = Path(__file__).parent / "released"
+_SUFFIX = ".schema.json"
 
-PUBLIC_TYPES: dict[str, Any] = {
-    "score-request": ScoreRequest,
-    "score-response": ScoreResponse,
-    "push-request": PushRequest,
-    "push-response": PushResponse,
-    "decision-record": DecisionRecord,
-    "rollback-request": RollbackRequest,
-    "rollback-state": RollbackState,
-    "outcome-event": OutcomeEvent,
-    "dead-letter": DeadLetter,
-    "dead-letter-page": DeadLetterPage,
-    "registry-file": RegistryFile,
-    "error": ErrorBody,
-    "access-log": AccessLog,
-    "decision-page": DecisionPage,
-    "replay-request": ReplayRequest,
-    "replay-result": ReplayResult,
-    "verify-report": VerifyReport,
+
+class PublicType(NamedTuple):
+    """A type of the public contract and which way it travels."""
+
+    type: Any
+    direction: Direction
+
+
+_SENT, _RECEIVED = Direction.SENT, Direction.RECEIVED
+
+PUBLIC_TYPES: dict[str, PublicType] = {
+    "score-request": PublicType(ScoreRequest, _SENT),
+    "score-response": PublicType(ScoreResponse, _RECEIVED),
+    "push-request": PublicType(PushRequest, _SENT),
+    "push-response": PublicType(PushResponse, _RECEIVED),
+    "decision-record": PublicType(DecisionRecord, _RECEIVED),
+    "rollback-request": PublicType(RollbackRequest, _SENT),
+    "rollback-state": PublicType(RollbackState, _RECEIVED),
+    "outcome-event": PublicType(OutcomeEvent, _RECEIVED),
+    "dead-letter": PublicType(DeadLetter, _RECEIVED),
+    "dead-letter-page": PublicType(DeadLetterPage, _RECEIVED),
+    # Operators write the file; GET /registry shows it back, but what must not break
+    # is a file that loaded before.
+    "registry-file": PublicType(RegistryFile, _SENT),
+    "error": PublicType(ErrorBody, _RECEIVED),
+    "access-log": PublicType(AccessLog, _RECEIVED),
+    "decision-page": PublicType(DecisionPage, _RECEIVED),
+    "replay-request": PublicType(ReplayRequest, _SENT),
+    "replay-result": PublicType(ReplayResult, _RECEIVED),
+    "verify-report": PublicType(VerifyReport, _RECEIVED),
 }
 
-# Keys that document a schema without changing what validates against it.
-_ANNOTATIONS = frozenset({"title", "description", "default", "examples"})
+# Keywords whose values are schemas, or maps or lists of them; all others hold data.
+_SCHEMA_MAPS = frozenset({"properties", "$defs", "patternProperties", "dependentSchemas"})
+_SCHEMA_LISTS = frozenset({"anyOf", "oneOf", "allOf", "prefixItems"})
+_SCHEMA_VALUES = frozenset(
+    {"items", "additionalProperties", "not", "if", "then", "else", "contains", "propertyNames"}
+)
 
-JSONObject = dict[str, Any]
+
+class ReleaseError(Exception):
+    """A baseline cannot be cut: the change breaks the contract, or the version is wrong."""
 
 
 def current_schemas() -> dict[str, JSONObject]:
     """The schema of every public type as the code defines it now."""
-    return {name: msgspec.json.schema(tp) for name, tp in PUBLIC_TYPES.items()}
+    return {name: msgspec.json.schema(public.type) for name, public in PUBLIC_TYPES.items()}
+
+
+def read_schemas(directory: Path) -> dict[str, JSONObject]:
+    """The schemas in one folder, by public type name."""
+    return {
+        path.name.removesuffix(_SUFFIX): msgspec.json.decode(path.read_bytes())
+        for path in sorted(directory.glob(f"*{_SUFFIX}"))
+    }
 
 
 def committed_schemas(directory: Path = SCHEMA_DIR) -> dict[str, JSONObject]:
     """The schemas as last exported into the repository."""
-    return {
-        path.name.removesuffix(".schema.json"): msgspec.json.decode(path.read_bytes())
-        for path in sorted(directory.glob("*.schema.json"))
-    }
+    return read_schemas(directory)
 
 
-def write_schemas(directory: Path = SCHEMA_DIR) -> list[Path]:
-    """Export every public schema, pretty-printed, one file per type."""
+def released_schemas(
+    version: int = CONTRACT_VERSION, released_dir: Path = RELEASED_DIR
+) -> dict[str, JSONObject]:
+    """The baseline of one major version of the contract; empty if it was never released."""
+    return read_schemas(released_dir / str(version))
+
+
+def write_schemas(
+    directory: Path = SCHEMA_DIR, schemas: dict[str, JSONObject] | None = None
+) -> list[Path]:
+    """Write schemas, pretty-printed, one file per type; files of other types go.
+
+    Args:
+        directory: the folder to fill.
+        schemas: what to write; the current schemas when not given.
+
+    Returns:
+        The files written.
+    """
+    schemas = current_schemas() if schemas is None else schemas
     directory.mkdir(parents=True, exist_ok=True)
+    for path in directory.glob(f"*{_SUFFIX}"):
+        if path.name.removesuffix(_SUFFIX) not in schemas:
+            path.unlink()
     written = []
-    for name, schema in current_schemas().items():
-        path = directory / f"{name}.schema.json"
+    for name, schema in schemas.items():
+        path = directory / f"{name}{_SUFFIX}"
         path.write_bytes(msgspec.json.format(msgspec.json.encode(schema), indent=2) + b"\n")
         written.append(path)
     return written
 
 
-def _shape(schema: Any) -> Any:
-    """A schema with its annotations dropped, so only what it accepts is compared."""
-    if isinstance(schema, dict):
-        return {k: _shape(v) for k, v in schema.items() if k not in _ANNOTATIONS}
-    if isinstance(schema, list):
-        return [_shape(v) for v in schema]
-    return schema
+def normalised(schema: Any) -> Any:
+    """A schema with the whitespace in its descriptions collapsed.
 
-
-def _definitions(schema: JSONObject) -> dict[str, JSONObject]:
-    defs: dict[str, JSONObject] = dict(schema.get("$defs", {}))
-    if "properties" in schema:
-        defs["<root>"] = schema
-    return defs
-
-
-def breaking_changes(old: JSONObject, new: JSONObject) -> list[str]:
-    """What in ``new`` would break a client built against ``old``.
-
-    A removed (or renamed) object type or field, a field whose accepted shape
-    changed, and a field that became required all count; new optional fields and
-    changed descriptions do not.
+    msgspec releases render docstrings with different indentation; the text, not
+    its layout, is what the exported files must keep current.
     """
-    problems = []
-    new_defs = _definitions(new)
-    for type_name, old_def in _definitions(old).items():
-        new_def = new_defs.get(type_name)
-        if new_def is None:
-            problems.append(f"{type_name}: type removed or renamed")
+    if not isinstance(schema, dict):
+        return schema
+    out: JSONObject = {}
+    for key, value in schema.items():
+        if key == "description" and isinstance(value, str):
+            out[key] = " ".join(value.split())
+        elif key in _SCHEMA_MAPS and isinstance(value, dict):
+            out[key] = {name: normalised(sub) for name, sub in value.items()}
+        elif key in _SCHEMA_LISTS and isinstance(value, list):
+            out[key] = [normalised(sub) for sub in value]
+        elif key in _SCHEMA_VALUES:
+            out[key] = normalised(value)
+        else:
+            out[key] = value
+    return out
+
+
+def stale_schemas(committed: dict[str, JSONObject], current: dict[str, JSONObject]) -> list[str]:
+    """Names of the exported schemas that differ from, lack or outlive the current ones."""
+    names = sorted(committed.keys() | current.keys())
+    return [
+        name
+        for name in names
+        if name not in committed
+        or name not in current
+        or normalised(committed[name]) != normalised(current[name])
+    ]
+
+
+def contract_breaks(
+    baseline: dict[str, JSONObject], current: dict[str, JSONObject]
+) -> dict[str, list[str]]:
+    """Each public type of ``baseline`` that ``current`` breaks, with its breaks.
+
+    Types that are new since the baseline are not part of it and cannot break it.
+    """
+    breaks: dict[str, list[str]] = {}
+    for name, old in baseline.items():
+        public = PUBLIC_TYPES.get(name)
+        if public is None or name not in current:
+            breaks[name] = ["public type removed or renamed"]
             continue
-        new_props = new_def.get("properties", {})
-        for field, old_field in old_def.get("properties", {}).items():
-            if field not in new_props:
-                problems.append(f"{type_name}.{field}: field removed or renamed")
-            elif _shape(old_field) != _shape(new_props[field]):
-                problems.append(f"{type_name}.{field}: type changed")
-        newly_required = set(new_def.get("required", [])) - set(old_def.get("required", []))
-        problems.extend(
-            f"{type_name}.{field}: new required field" for field in sorted(newly_required)
-        )
-    return problems
+        problems = breaking_changes(old, current[name], public.direction)
+        if problems:
+            breaks[name] = problems
+    return breaks
 
 
-def main() -> None:
-    """Write the schema files and list them."""
-    for path in write_schemas():
+def describe_breaks(breaks: dict[str, list[str]], version: int = CONTRACT_VERSION) -> str:
+    """A report of breaks against contract ``version``, saying what to do about them."""
+    lines = [f"These changes break contract version {version}:"]
+    for name, problems in breaks.items():
+        public = PUBLIC_TYPES.get(name)
+        way = f" ({public.direction.value})" if public else ""
+        lines.extend(f"  {name}{way}: {problem}" for problem in problems)
+    lines.append(
+        f"A breaking change needs a new major contract version: set CONTRACT_VERSION = "
+        f"{version + 1} in contracts/version.py and run `python -m contracts.schemas "
+        f"--release` to cut its baseline in contracts/released/{version + 1}/ "
+        "(or make the change compatible: new fields optional, old ones kept)."
+    )
+    return "\n".join(lines)
+
+
+def release(
+    version: int = CONTRACT_VERSION,
+    released_dir: Path = RELEASED_DIR,
+    schemas: dict[str, JSONObject] | None = None,
+) -> Path:
+    """Cut the baseline of contract ``version`` from the current schemas.
+
+    An existing baseline of that version is refreshed only if nothing in it breaks;
+    a new one must be the next major version after the last released.
+
+    Args:
+        version: the major version to release.
+        released_dir: the folder of all baselines.
+        schemas: the schemas to release; the current ones when not given.
+
+    Returns:
+        The baseline folder written.
+
+    Raises:
+        ReleaseError: the schemas break the existing baseline, or ``version`` is not
+            the next one.
+    """
+    schemas = current_schemas() if schemas is None else schemas
+    target = released_dir / str(version)
+    if target.is_dir():
+        breaks = contract_breaks(read_schemas(target), schemas)
+        if breaks:
+            raise ReleaseError(describe_breaks(breaks, version))
+    else:
+        majors = [int(p.name) for p in released_dir.glob("*") if p.is_dir() and p.name.isdigit()]
+        expected = max(majors, default=0) + 1
+        if version != expected:
+            raise ReleaseError(f"contract version {version} cannot be released: next is {expected}")
+    write_schemas(target, schemas)
+    return target
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Write the schema files (and, with ``--release``, the baseline) and list them."""
+    parser = argparse.ArgumentParser(prog="python -m contracts.schemas", description=__doc__)
+    parser.add_argument(
+        "--release",
+        action="store_true",
+        help=f"also cut the baseline of contract version {CONTRACT_VERSION}",
+    )
+    args = parser.parse_args(argv)
+    schemas = current_schemas()
+    if args.release:
+        try:
+            target = release(schemas=schemas)
+        except ReleaseError as exc:
+            sys.stderr.write(f"{exc}\n")
+            return 1
+        sys.stdout.write(f"released contract version {CONTRACT_VERSION} in {target}\n")
+    for path in write_schemas(schemas=schemas):
         sys.stdout.write(f"{path}\n")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
