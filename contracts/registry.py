@@ -24,11 +24,19 @@ Classification = Literal["public", "internal", "pii"]
 
 
 class Entity(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Something decisions and features are about, and the key that names one."""
+    """Something decisions and features are about, and the key that names one.
+
+    Ids of an entity go into source API paths and online-store keys, so callers may
+    send only ids the entity admits: at most ``max_length`` characters and, when it
+    is given, a full match of ``pattern`` (a Python regular expression, e.g.
+    ``^[A-Za-z0-9_-]{1,64}$``); without a pattern, any id without control characters.
+    """
 
     name: Name
     key: Name
     description: str = ""
+    pattern: Annotated[str, msgspec.Meta(min_length=1, max_length=512)] | None = None
+    max_length: Annotated[int, msgspec.Meta(ge=1, le=128)] = 128
 
 
 class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -54,6 +54,43 @@ def coerce(value: object, dtype: DType) -> FeatureScalar:
     raise TypeError(f"expected {dtype}, got {type(value).__name__}")
 
 
+# Ids of an entity without a declared pattern: anything printable. Control characters
+# (C0, DEL, C1) have no business in an id and would reach logs, keys and URLs.
+_PRINTABLE_ID = re.compile(r"[^\x00-\x1f\x7f-\x9f]*")
+
+
+@dataclass(frozen=True, slots=True)
+class EntityIds:
+    """Which ids an entity admits: its declared pattern (or printable text) and length.
+
+    Attributes:
+        key: the entity key the ids are sent under (``customer_id``).
+        pattern: what every id must match in full.
+        max_length: the most characters an id may have.
+    """
+
+    key: str
+    pattern: re.Pattern[str]
+    max_length: int
+
+    @classmethod
+    def of(cls, entity: Entity) -> EntityIds:
+        """The rule an entity's registry entry declares."""
+        pattern = _PRINTABLE_ID if entity.pattern is None else re.compile(entity.pattern)
+        return cls(key=entity.key, pattern=pattern, max_length=entity.max_length)
+
+    def problem(self, entity_id: str) -> str | None:
+        """Why ``entity_id`` is not an id of this entity, or None if it is one."""
+        if len(entity_id) > self.max_length:
+            return f"{self.key} is longer than {self.max_length} characters"
+        # fullmatch: a `$` in the pattern would otherwise admit a trailing newline.
+        if self.pattern.fullmatch(entity_id) is None:
+            if self.pattern is _PRINTABLE_ID:
+                return f"{self.key} must not contain control characters"
+            return f"{self.key} must match {self.pattern.pattern}"
+        return None
+
+
 @dataclass(frozen=True, slots=True)
 class ModelPlan:
     """What scoring one model needs, worked out once at start-up.
@@ -89,6 +126,8 @@ class Registry:
     features: dict[str, Feature]
     models: dict[str, Model]
     plans: dict[str, ModelPlan] = field(default_factory=dict)
+    ids: dict[str, EntityIds] = field(default_factory=dict)
+    """Per entity name, the ids it admits."""
 
 
 def load_registry(path: Path) -> Registry:
@@ -112,10 +151,12 @@ def parse_registry(data: bytes, origin: str = "<registry>") -> Registry:
     checker = _Checker(origin)
     entities = checker.index(spec.entities, "entities")
     entity_by_key = {}
+    ids = {}
     for i, entity in enumerate(spec.entities):
         if entity.key in entity_by_key:
             checker.fail("entity key used twice", f"$.entities[{i}].key")
         entity_by_key[entity.key] = entity
+        ids[entity.name] = checker.entity_ids(entity, f"$.entities[{i}]")
     sources = checker.index(spec.sources, "sources")
     features = checker.index(spec.features, "features")
     models = checker.index(spec.models, "models")
@@ -145,6 +186,7 @@ def parse_registry(data: bytes, origin: str = "<registry>") -> Registry:
         features=features,
         models=models,
         plans=plans,
+        ids=ids,
     )
 
 
@@ -164,6 +206,13 @@ class _Checker:
                 self.fail(f"duplicate name {item.name!r}", f"$.{section}[{i}].name")
             by_name[item.name] = item
         return by_name
+
+    def entity_ids(self, entity: Entity, at: str) -> EntityIds:
+        try:
+            return EntityIds.of(entity)
+        except re.error as exc:
+            self.fail(f"pattern is not a regular expression: {exc}", f"{at}.pattern")
+            raise AssertionError from exc  # unreachable: fail raises
 
     def feature(
         self,

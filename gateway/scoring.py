@@ -72,8 +72,7 @@ class Scorer:
             raise BadRequest(f"unknown model {request.model!r}", field="model")
         return plan
 
-    @staticmethod
-    def _entity_ids(plan: ModelPlan, entities: Mapping[str, str]) -> dict[str, str]:
+    def _entity_ids(self, plan: ModelPlan, entities: Mapping[str, str]) -> dict[str, str]:
         wanted = {entity.key: entity.name for entity in plan.entities}
         for key in entities:
             if key not in wanted:
@@ -85,6 +84,10 @@ class Scorer:
         for key, entity in wanted.items():
             if key not in entities:
                 raise BadRequest(f"missing entity key {key!r}", field=f"entities.{key}")
+            # Ids go into source URLs and store keys: only ids the entity admits.
+            problem = self._registry.ids[entity].problem(entities[key])
+            if problem is not None:
+                raise BadRequest(problem, field=f"entities.{key}")
             ids[entity] = entities[key]
         return ids
 

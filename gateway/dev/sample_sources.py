@@ -24,7 +24,7 @@ import uvicorn
 from litestar import Litestar, Request, Response, delete, get, put
 from litestar.exceptions import HTTPException
 from litestar.params import FromPath
-from litestar.types import Receive
+from litestar.types import Receive, Scope
 
 SOURCE_PREFIXES: dict[str, str] = {
     "customer_profile": "/profile",
@@ -219,10 +219,14 @@ class SourceStats(msgspec.Struct, frozen=True):
     Attributes:
         calls: Calls per source name.
         paths: Calls per request path.
+        targets: Requests per request target exactly as received (raw path, and
+            ``?query`` if any), including those no route matched; the control
+            routes under ``/_`` are left out.
     """
 
     calls: dict[str, int]
     paths: dict[str, int]
+    targets: dict[str, int]
 
 
 def _draws(kind: str, entity_id: str) -> random.Random:
@@ -372,6 +376,21 @@ def http_exception_as_error(_: Request[Any, Any, Any], exc: HTTPException) -> Re
     return error_response(exc.status_code, exc.detail)
 
 
+def request_target(scope: Scope) -> str:
+    """The request target as it came over the wire: the raw path and the query, if any.
+
+    Args:
+        scope: The request's ASGI scope.
+
+    Returns:
+        The target, e.g. ``/txn/customers/a%2Fb/txn-stats``.
+    """
+    raw = scope.get("raw_path") or scope["path"].encode()
+    query = scope.get("query_string", b"")
+    target = raw.decode("latin-1")
+    return f"{target}?{query.decode('latin-1')}" if query else target
+
+
 class _SourceRuntime:
     """Mutable state of one app: faults, counters and the latency generator."""
 
@@ -382,6 +401,21 @@ class _SourceRuntime:
         self.faults = {name: FaultSwitch() for name in SOURCE_PREFIXES}
         self.calls: Counter[str] = Counter()
         self.paths: Counter[str] = Counter()
+        self.targets: Counter[str] = Counter()
+
+    def count_target(self, scope: Scope) -> None:
+        """Count one request's target unless it is for a control route."""
+        target = request_target(scope)
+        if not target.startswith("/_"):
+            self.targets[target] += 1
+
+    def http_error(
+        self, request: Request[Any, Any, Any], exc: HTTPException
+    ) -> Response[ErrorBody]:
+        """Answer a framework error; a request no route took is counted all the same."""
+        if exc.status_code in (404, 405):
+            self.count_target(request.scope)
+        return http_exception_as_error(request, exc)
 
     def base_latency(self, source: str) -> float:
         if self.latency_scale <= 0:
@@ -400,6 +434,7 @@ class _SourceRuntime:
         """Count the call, wait, apply the fault and answer with the built record."""
         self.calls[source] += 1
         self.paths[request.scope["path"]] += 1
+        self.count_target(request.scope)
         action = self.faults[source].next_action()
         delay = self.base_latency(source) + action.extra_delay_s
         if delay > 0:
@@ -466,12 +501,13 @@ def create_sources_app(latency_scale: float = 1.0, seed: int = 0) -> Litestar:
     @get("/_stats")
     async def read_stats() -> SourceStats:
         calls = {name: state.calls[name] for name in SOURCE_PREFIXES}
-        return SourceStats(calls=calls, paths=dict(state.paths))
+        return SourceStats(calls=calls, paths=dict(state.paths), targets=dict(state.targets))
 
     @delete("/_stats")
     async def reset_stats() -> None:
         state.calls.clear()
         state.paths.clear()
+        state.targets.clear()
 
     return Litestar(
         route_handlers=[
@@ -483,7 +519,7 @@ def create_sources_app(latency_scale: float = 1.0, seed: int = 0) -> Litestar:
             read_stats,
             reset_stats,
         ],
-        exception_handlers={HTTPException: http_exception_as_error},
+        exception_handlers={HTTPException: state.http_error},
         openapi_config=None,
     )
 

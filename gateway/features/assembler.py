@@ -16,6 +16,7 @@ from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from urllib.parse import quote
 
 from contracts.features import FeatureScalar, FeatureValue, Lineage
 from contracts.registry import Feature
@@ -99,7 +100,8 @@ class FeatureAssembler:
                 self._serve_stored(assembly, feature, current, entity_ids, now_ms, "fresh")
             elif feature.source is not None and feature.path is not None:
                 entity = self._registry.entities[feature.entity]
-                path = feature.path.replace(f"{{{entity.key}}}", entity_ids[feature.entity])
+                placeholder = f"{{{entity.key}}}"
+                path = feature.path.replace(placeholder, path_value(entity_ids[feature.entity]))
                 to_fetch[(feature.source, feature.entity, path)].append(feature)
             else:
                 reason = "not in the online store" if current is None else "stale, no source"
@@ -284,6 +286,20 @@ class FeatureAssembler:
                 field=f"features.{feature.name}",
                 extra={"feature": feature.name, "reason": reason},
             )
+
+
+def path_value(value: str) -> str:
+    """``value`` percent-encoded to stand for itself anywhere in a URL path or query.
+
+    Every character but the unreserved ones is encoded (``/``, ``?``, ``#`` and ``%``
+    too), so a caller's id can neither leave its path segment nor end the path. An id
+    of dots only is spelled out as well: ``.`` and ``..`` would be dot-segments, which
+    clients and servers resolve to another path.
+    """
+    encoded = quote(value, safe="")
+    if encoded.strip(".") == "":
+        return "%2E" * len(encoded)
+    return encoded
 
 
 def _failure_reason(source: str, exc: BaseException) -> str:

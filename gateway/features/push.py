@@ -34,6 +34,10 @@ class FeaturePusher:
         entity = self._registry.entity_by_key.get(key)
         if entity is None:
             raise BadRequest(f"unknown entity key {key!r}", field=f"entities.{key}")
+        # The id names a Redis key: only ids the entity admits.
+        problem = self._registry.ids[entity.name].problem(entity_id)
+        if problem is not None:
+            raise BadRequest(problem, field=f"entities.{key}")
         values: dict[str, FeatureScalar] = {}
         for name, raw in request.features.items():
             feature = self._registry.features.get(name)

@@ -23,6 +23,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 from tenacity.stop import stop_base
+from yarl import URL
 
 from contracts.registry import Source
 from gateway.breaker import DependencyBreaker
@@ -150,7 +151,10 @@ class SourceClient:
             self.calls += 1
             try:
                 async with asyncio.timeout(deadline.within(self._timeout_s)):
-                    async with self._session.get(url, headers=inject({})) as response:
+                    # encoded=True: the path goes out byte for byte, never re-quoted or
+                    # dot-segment-normalised into another path.
+                    request_url = URL(url, encoded=True)
+                    async with self._session.get(request_url, headers=inject({})) as response:
                         body = await response.read()
                         status = response.status
             except TimeoutError as exc:

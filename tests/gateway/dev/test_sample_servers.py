@@ -278,6 +278,7 @@ async def test_stats_count_data_calls_only(sources: str, http: aiohttp.ClientSes
     assert stats == {
         "calls": {"customer_profile": 0, "txn_stats": 0, "merchant_risk": 0},
         "paths": {},
+        "targets": {},
     }
 
 
