@@ -4,7 +4,9 @@ A public type goes one way. It is *sent* by callers (a request, or the registry
 file that operators write) or *received* by them (a response, a record, an event).
 A new schema is judged against the released one, following ``$ref``s and unions
 down to every field, and each difference that breaks someone is reported as
-``<Type>.<field path>: <what changed>``.
+``<Type>.<field path>: <what changed>`` (``.name`` for a field, ``{}`` for the
+values of a dict, ``[]`` for the items of an array). The variants of a tagged
+union pair by their tag value, other branches of a union by kind and name.
 
 In both directions:
 
@@ -58,7 +60,7 @@ from typing import Any
 JSONObject = dict[str, Any]
 
 # Keys that document a schema without changing what validates against it.
-ANNOTATIONS = frozenset(
+_ANNOTATIONS = frozenset(
     {"title", "description", "examples", "default", "$comment", "deprecated", "$schema"}
 )
 
@@ -443,7 +445,7 @@ class _Comparison:
         self.problems.append(f"{path}: {key} {before} to {after} ({self._effect})")
 
     def _unknown_keywords(self, old: JSONObject, new: JSONObject, path: str) -> None:
-        for key in sorted((old.keys() | new.keys()) - _INTERPRETED - ANNOTATIONS):
+        for key in sorted((old.keys() | new.keys()) - _INTERPRETED - _ANNOTATIONS):
             if old.get(key) != new.get(key):
                 before = repr(old[key]) if key in old else "none"
                 after = repr(new[key]) if key in new else "none"

@@ -115,9 +115,9 @@ def _without_field(struct: type[msgspec.Struct], name: str) -> JSONObject:
 
 
 def test_removing_a_field_of_score_request_breaks_the_contract() -> None:
-    schemas = current_schemas()
+    schemas = released_schemas(1)
     schemas["score-request"] = _without_field(ScoreRequest, "request_id")
-    breaks = contract_breaks(released_schemas(), schemas)
+    breaks = contract_breaks(released_schemas(1), schemas)
     assert breaks == {"score-request": ["ScoreRequest.request_id: field removed or renamed"]}
     message = describe_breaks(breaks)
     assert "score-request (sent by callers): ScoreRequest.request_id" in message
@@ -126,10 +126,10 @@ def test_removing_a_field_of_score_request_breaks_the_contract() -> None:
 
 
 def test_a_removed_public_type_breaks_and_a_new_one_does_not() -> None:
-    schemas = current_schemas()
+    schemas = released_schemas(1)
     del schemas["verify-report"]
     schemas["brand-new"] = {"type": "string"}
-    assert contract_breaks(released_schemas(), schemas) == {
+    assert contract_breaks(released_schemas(1), schemas) == {
         "verify-report": ["public type removed or renamed"]
     }
 
@@ -151,14 +151,14 @@ def _with_optional_field(schemas: dict[str, JSONObject]) -> dict[str, JSONObject
 
 
 def test_release_refreshes_the_baseline_with_compatible_changes(released_dir: Path) -> None:
-    schemas = _with_optional_field(current_schemas())
+    schemas = _with_optional_field(released_schemas(1))
     assert release(1, released_dir, schemas) == released_dir / "1"
     assert read_schemas(released_dir / "1") == schemas
 
 
 def test_release_refuses_a_breaking_change_within_a_major_version(released_dir: Path) -> None:
     before = read_schemas(released_dir / "1")
-    schemas = current_schemas()
+    schemas = released_schemas(1)
     schemas["score-request"] = _without_field(ScoreRequest, "request_id")
     with pytest.raises(ReleaseError, match=r"ScoreRequest\.request_id: field removed"):
         release(1, released_dir, schemas)
@@ -166,7 +166,7 @@ def test_release_refuses_a_breaking_change_within_a_major_version(released_dir: 
 
 
 def test_a_breaking_change_is_released_as_the_next_major_version(released_dir: Path) -> None:
-    schemas = current_schemas()
+    schemas = released_schemas(1)
     schemas["score-request"] = _without_field(ScoreRequest, "request_id")
     with pytest.raises(ReleaseError, match="next is 2"):
         release(3, released_dir, schemas)
