@@ -23,8 +23,18 @@ class WritebackConfig(msgspec.Struct, frozen=True):
             join the cycle (0: none).
         relay_backoff_ms: First retry delay of an event that failed to publish.
         relay_max_backoff_ms: Cap of the exponential retry delay.
+        relay_lease_ms: How long the rows a relay claims stay its own (0: twice
+            ``publish_timeout_ms`` plus 10 s). No transaction or connection is held
+            while it publishes; a relay that dies mid-publish leaves its rows to the
+            others once the lease runs out, and a cycle that outlives it gives them up.
         pool_min_size: Connections the pool keeps open.
-        pool_max_size: Connections the pool opens at most.
+        pool_max_size: Connections the pool opens at most. One pool serves the group
+            commit (one connection at a time), the idempotency and decision reads, the
+            dead-letter queue, health checks, the relay, the sealer and retention (one
+            each, for one statement at a time); the relay's LISTEN connection is its own.
+        pool_acquire_timeout_ms: How long a caller waits for a free connection before
+            it fails (a burst waits its turn; a pool that stays exhausted answers 503
+            rather than queueing callers past their deadlines).
         commit_max_batch: Decisions one group-commit transaction takes at most.
         publish_timeout_ms: Bound of one publish call (and of the producer's own
             delivery timeout), so a down broker cannot stall a relay cycle.
@@ -54,8 +64,10 @@ class WritebackConfig(msgspec.Struct, frozen=True):
     relay_linger_ms: int = 5
     relay_backoff_ms: int = 100
     relay_max_backoff_ms: int = 30000
+    relay_lease_ms: int = 0
     pool_min_size: int = 2
-    pool_max_size: int = 10
+    pool_max_size: int = 20
+    pool_acquire_timeout_ms: int = 2000
     commit_max_batch: int = 256
     publish_timeout_ms: int = 30000
     relay_max_attempts: int = 10
@@ -75,6 +87,7 @@ class WritebackConfig(msgspec.Struct, frozen=True):
             "relay_backoff_ms": self.relay_backoff_ms,
             "relay_max_backoff_ms": self.relay_max_backoff_ms,
             "pool_max_size": self.pool_max_size,
+            "pool_acquire_timeout_ms": self.pool_acquire_timeout_ms,
             "commit_max_batch": self.commit_max_batch,
             "publish_timeout_ms": self.publish_timeout_ms,
             "relay_max_attempts": self.relay_max_attempts,
@@ -89,6 +102,11 @@ class WritebackConfig(msgspec.Struct, frozen=True):
                 f"pool_min_size must be between 0 and pool_max_size ({self.pool_max_size}),"
                 f" got {self.pool_min_size}"
             )
+        if self.relay_lease_ms and self.relay_lease_ms <= self.publish_timeout_ms:
+            raise ValueError(
+                f"relay_lease_ms must exceed publish_timeout_ms ({self.publish_timeout_ms}),"
+                f" got {self.relay_lease_ms}"
+            )
         if not self.topic:
             raise ValueError("topic must not be empty")
         if self.dead_letter_topic == self.topic:
@@ -96,6 +114,7 @@ class WritebackConfig(msgspec.Struct, frozen=True):
         for name, number in {
             "outbox_retention_hours": self.outbox_retention_hours,
             "partitions_ahead_months": self.partitions_ahead_months,
+            "relay_lease_ms": self.relay_lease_ms,
             "maintenance_interval_s": self.maintenance_interval_s,
         }.items():
             if number < 0:
@@ -105,3 +124,9 @@ class WritebackConfig(msgspec.Struct, frozen=True):
     def dead_letter_topic(self) -> str:
         """Where dead letters go: ``dlq_topic``, or ``<topic>.dlq`` when it is empty."""
         return self.dlq_topic or f"{self.topic}.dlq"
+
+    @property
+    def relay_lease_s(self) -> float:
+        """How long a relay holds its claimed rows, in seconds (see ``relay_lease_ms``)."""
+        lease_ms = self.relay_lease_ms or 2 * self.publish_timeout_ms + 10_000
+        return lease_ms / 1000

@@ -2,7 +2,7 @@
 
 ``jsonb`` travels in PostgreSQL's binary format (a version byte, 1, then the JSON
 text), so msgspec's bytes go on the wire as they are, without a ``str`` in between.
-Sessions run in UTC.
+Sessions run in UTC. Waiting for a free connection is bounded: see :class:`BoundedPool`.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import Any
 
 import asyncpg
 import msgspec
+from asyncpg.pool import PoolAcquireContext
 
 from writeback.config import WritebackConfig
 
@@ -87,25 +88,57 @@ async def register_jsonb_codec(conn: asyncpg.Connection) -> None:
     )
 
 
-async def create_pool(config: WritebackConfig) -> asyncpg.Pool:
-    """Open the connection pool the audit store and the relay share.
+class BoundedPool(asyncpg.Pool):
+    """An asyncpg pool whose callers wait at most ``acquire_timeout`` for a connection.
+
+    asyncpg's own pool waits without limit unless each call passes a timeout; here
+    every acquisition that names none, including those inside ``pool.fetch`` and the
+    like, gets the pool's. A burst then queues for its turn, and a pool that stays
+    exhausted (every connection held by something stuck) fails its callers with
+    ``TimeoutError`` instead of holding them past their deadlines.
 
     Args:
-        config: Database URL and pool sizes.
+        *args: What :class:`asyncpg.Pool` takes.
+        acquire_timeout: Seconds to wait for a free connection.
+        **kwargs: What :class:`asyncpg.Pool` takes.
+    """
+
+    def __init__(self, *args: Any, acquire_timeout: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.acquire_timeout = acquire_timeout
+
+    def acquire(self, *, timeout: float | None = None) -> PoolAcquireContext:
+        """Acquire a connection, waiting at most ``timeout`` (default: the pool's bound)."""
+        return super().acquire(timeout=self.acquire_timeout if timeout is None else timeout)
+
+
+async def create_pool(config: WritebackConfig) -> BoundedPool:
+    """Open the connection pool the audit store, the reads and the background work share.
+
+    Args:
+        config: Database URL, pool sizes and how long a caller waits for a connection.
 
     Returns:
         A started pool whose connections speak ``jsonb`` through msgspec.
     """
-    return await asyncpg.create_pool(
+    pool = BoundedPool(
         config.database_url,
+        acquire_timeout=config.pool_acquire_timeout_ms / 1000,
         min_size=config.pool_min_size,
         max_size=config.pool_max_size,
+        max_queries=50_000,
+        max_inactive_connection_lifetime=300.0,
+        loop=None,
+        connection_class=asyncpg.Connection,
+        record_class=asyncpg.Record,
         init=register_jsonb_codec,
         timeout=CONNECT_TIMEOUT_S,
         # Timestamps rendered inside JSON (jsonb_build_object) then read as UTC too.
         server_settings={"TimeZone": "UTC"},
         reset=_keep_session,
     )
+    await pool
+    return pool
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:

@@ -1,10 +1,15 @@
 """The outbox relay: moves committed outcome events from PostgreSQL to Kafka.
 
-Each cycle claims, in one transaction, the oldest due events that head their key's
-queue (an event waits until every earlier event of its key is delivered), publishes
-them as CloudEvents in binary mode, and records each outcome before committing.
-Several relays may run at once: ``FOR UPDATE SKIP LOCKED`` splits the work and the
-head-of-queue rule keeps each key's order across them and across failures.
+Each cycle claims, in one short transaction, the oldest due events that head their
+key's queue (an event waits until every earlier event of its key is delivered),
+marking them with a lease (``claimed_by``, ``claimed_until``). It then publishes
+them as CloudEvents in binary mode with no transaction or connection held, and
+records each outcome in a second short transaction that touches only the rows it
+still holds. Several relays may run at once: ``FOR UPDATE SKIP LOCKED`` and the
+leases split the work, and the head-of-queue rule keeps each key's order across
+them and across failures. A relay that dies mid-publish leaves its rows claimed
+until the lease runs out; then any relay takes them again (the consumer dedupes the
+repeat on the CloudEvents id).
 
 An event that cannot be published goes to the dead-letter topic with error headers
 (see :class:`OutboxRelay`); an operator redrives it with
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import random
@@ -45,26 +51,47 @@ _LAST_ERROR_MAX_CHARS = 2000
 _STACKTRACE_MAX_CHARS = 8000
 _LISTEN_PROBE_INTERVAL_S = 30.0
 _LISTEN_PROBE_TIMEOUT_S = 5.0
+# Time kept, within a lease, for recording a cycle's outcomes after publishing.
+_RECORD_MARGIN_S = 5.0
 
+# One statement, so one short transaction: lock the claimable heads (skipping rows
+# another relay is claiming right now), then lease them to this cycle.
 _CLAIM = """
-SELECT o.seq, o.event_id, o.decision_id, o.event_type, o.topic, o.message_key, o.payload,
-       o.event_time, o.created_at, o.attempts, o.failures, o.error_class, o.last_error,
-       o.first_failed_at, o.last_failed_at, o.dead_letter_reason, o.traceparent
-FROM outbox AS o
-WHERE o.status = 'pending'
-  AND o.next_attempt_at <= now()
-  AND NOT EXISTS (
-      SELECT 1 FROM outbox AS p
-      WHERE p.message_key = o.message_key AND p.status <> 'delivered' AND p.seq < o.seq
-  )
-ORDER BY o.seq
-LIMIT $1
-FOR UPDATE OF o SKIP LOCKED
+WITH claimable AS (
+    SELECT o.seq
+    FROM outbox AS o
+    WHERE o.status = 'pending'
+      AND o.next_attempt_at <= now()
+      AND (o.claimed_until IS NULL OR o.claimed_until <= now())
+      AND NOT EXISTS (
+          SELECT 1 FROM outbox AS p
+          WHERE p.message_key = o.message_key AND p.status <> 'delivered' AND p.seq < o.seq
+      )
+    ORDER BY o.seq
+    LIMIT $1
+    FOR UPDATE OF o SKIP LOCKED
+)
+UPDATE outbox AS o
+SET claimed_by = $2, claimed_until = now() + $3 * interval '1 millisecond'
+FROM claimable AS c
+WHERE o.seq = c.seq
+RETURNING o.seq, o.event_id, o.decision_id, o.event_type, o.topic, o.message_key, o.payload,
+          o.event_time, o.created_at, o.attempts, o.failures, o.error_class, o.last_error,
+          o.first_failed_at, o.last_failed_at, o.dead_letter_reason, o.traceparent
 """
 
-# Records each claimed row's outcome, appends published and dead-lettered events to
-# the timeline, and returns the commit-to-publish delay of each delivered event
-# (both ends on PostgreSQL's clock).
+# Gives up a cycle's claims that it could not see through, so they need not wait
+# for the lease to run out.
+_RELEASE = """
+UPDATE outbox SET claimed_by = NULL, claimed_until = NULL
+WHERE seq = ANY($1::bigint[]) AND claimed_by = $2
+"""
+
+# Records each claimed row's outcome, on the rows this cycle still holds (a row whose
+# lease ran out and that another relay claimed is that relay's to record), releases
+# them, appends published and dead-lettered events to the timeline, and returns each
+# recorded row with the commit-to-publish delay of a delivered event (both ends on
+# PostgreSQL's clock).
 _RECORD_OUTCOMES = """
 WITH u AS (
     SELECT * FROM unnest(
@@ -96,10 +123,12 @@ updated AS (
         next_attempt_at = CASE
             WHEN u.status = 'pending' THEN now() + u.backoff_ms * interval '1 millisecond'
             ELSE o.next_attempt_at
-        END
+        END,
+        claimed_by = NULL,
+        claimed_until = NULL
     FROM u
-    WHERE o.seq = u.seq
-    RETURNING o.event_id, o.decision_id, o.event_type, o.status, o.attempts, o.topic,
+    WHERE o.seq = u.seq AND o.claimed_by = $16
+    RETURNING o.seq, o.event_id, o.decision_id, o.event_type, o.status, o.attempts, o.topic,
               o."partition", o."offset", o.delivered_at, o.created_at, o.last_error,
               o.dlq_topic, o.dlq_partition, o.dlq_offset, o.dead_lettered_at
 ),
@@ -116,8 +145,9 @@ logged AS (
            dlq_topic, dlq_partition, dlq_offset, last_error, $15
     FROM updated WHERE status = 'dead_lettered'
 )
-SELECT extract(epoch FROM delivered_at - created_at)::float8 AS delay
-FROM updated WHERE status = 'delivered'
+SELECT seq, CASE WHEN status = 'delivered'
+    THEN extract(epoch FROM delivered_at - created_at)::float8 END AS delay
+FROM updated
 """
 
 _CONTENT_TYPE = b"application/json"
@@ -170,7 +200,8 @@ class OutboxRelay:
     event stays pending and is tried there again.
 
     Args:
-        pool: The shared pool (claims and outcome updates).
+        pool: The shared pool (claims and outcome updates, one short statement each;
+            no connection is held while publishing).
         publisher: The Kafka publisher; the relay starts it lazily but does not
             stop it (its owner does).
         config: Topics, batch size, poll interval, backoff and attempt limit.
@@ -195,6 +226,10 @@ class OutboxRelay:
         self._tasks: list[asyncio.Task[None]] = []
         # Host and process, and which relay of the process (tests run several).
         self._identity = f"relay@{socket.gethostname()}:{os.getpid()}/{uuid.uuid4().hex[:6]}"
+        # Each cycle claims under a token of its own, so a late record of a cycle
+        # whose lease ran out cannot touch rows claimed again since.
+        self._cycles = itertools.count(1)
+        self._unrecorded: tuple[str, Sequence[_Outcome]] | None = None
         self.published = 0
         self.failed = 0
         self.dead_lettered = 0
@@ -224,9 +259,8 @@ class OutboxRelay:
         self._tasks = []
         listener.cancel()
         try:
-            # A cycle is bounded by two publish timeouts (the event, then its dead
-            # letter); allow it to record its outcome.
-            await asyncio.wait_for(relay, 2 * self._config.publish_timeout_ms / 1000 + 10)
+            # A cycle's publishing is bounded by the lease; allow it to record the outcome.
+            await asyncio.wait_for(relay, self._config.relay_lease_s + _RECORD_MARGIN_S)
         except TimeoutError:
             logger.warning("outbox relay did not stop in time; cancelled")
         with contextlib.suppress(asyncio.CancelledError):
@@ -240,28 +274,61 @@ class OutboxRelay:
     async def run_once(self) -> int:
         """Claim, publish and record one batch of due events.
 
+        The claim and the record are two short transactions; no transaction or
+        connection is held while Kafka is waited on. Outcomes that could not be
+        recorded are kept and recorded first by the next call.
+
         Returns:
             How many events were handled (published, dead-lettered or failed).
 
         Raises:
-            asyncpg.PostgresError: PostgreSQL failed (nothing is recorded; the
-                events stay claimable).
-            OSError: PostgreSQL could not be reached.
+            asyncpg.PostgresError: PostgreSQL failed; what was claimed and not
+                recorded stays claimed by this relay until its lease runs out.
+            OSError: PostgreSQL could not be reached, or no pooled connection was
+                free in time (``TimeoutError``).
+            TimeoutError: Publishing outlived the lease; the claims were given up.
         """
-        async with self._pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(_CLAIM, self._config.relay_batch_size)
-            if not rows:
-                return 0
-            outcomes = await self._deliver(rows)
-            delays = await conn.fetch(
-                _RECORD_OUTCOMES,
-                *self._outcome_columns(outcomes),
-                self._config.dead_letter_topic,
-                self._identity,
-            )
-        for row in delays:
-            metrics.COMMIT_TO_PUBLISH.observe(max(0.0, row["delay"]))
+        if self._unrecorded is not None:
+            await self._record(*self._unrecorded)
+        token = f"{self._identity}#{next(self._cycles)}"
+        lease_s = self._config.relay_lease_s
+        claimed = await self._pool.fetch(
+            _CLAIM, self._config.relay_batch_size, token, lease_s * 1000
+        )
+        if not claimed:
+            return 0
+        rows = sorted(claimed, key=lambda row: row["seq"])
+        try:
+            # Leave the record time to land before the lease runs out.
+            async with asyncio.timeout(lease_s - min(_RECORD_MARGIN_S, lease_s / 4)):
+                outcomes = await self._deliver(rows)
+        except TimeoutError:
+            logger.warning("publishing %d events outlived their lease; giving them up", len(rows))
+            await self._pool.execute(_RELEASE, [row["seq"] for row in rows], token)
+            raise
+        self._unrecorded = (token, outcomes)
+        await self._record(token, outcomes)
         return len(rows)
+
+    async def _record(self, token: str, outcomes: Sequence[_Outcome]) -> None:
+        recorded = await self._pool.fetch(
+            _RECORD_OUTCOMES,
+            *self._outcome_columns(outcomes),
+            self._config.dead_letter_topic,
+            self._identity,
+            token,
+        )
+        self._unrecorded = None
+        for row in recorded:
+            if row["delay"] is not None:
+                metrics.COMMIT_TO_PUBLISH.observe(max(0.0, row["delay"]))
+        if len(recorded) < len(outcomes):
+            logger.warning(
+                "%d of %d events outlived this relay's lease and were claimed again;"
+                " their outcome is the new claimant's to record",
+                len(outcomes) - len(recorded),
+                len(outcomes),
+            )
 
     async def _deliver(self, rows: Sequence[asyncpg.Record]) -> list[_Outcome]:
         outcomes = [

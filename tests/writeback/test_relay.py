@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -387,3 +389,186 @@ async def test_relay_without_postgres_keeps_running(
         await relay.stop()
         await publisher.stop()
         await dead_pool.close()
+
+
+class HeldPublisher(KafkaPublisher):
+    """A publisher whose ``publish`` waits, once inside, until the test lets it go on."""
+
+    def __init__(self, config: WritebackConfig) -> None:
+        super().__init__(config)
+        self.inside = asyncio.Event()
+        self.go_on = asyncio.Event()
+
+    async def publish(self, messages: Sequence[OutgoingMessage]) -> list[Any]:
+        self.inside.set()
+        await self.go_on.wait()
+        return await super().publish(messages)
+
+
+@pytest.fixture
+async def held_publishers() -> AsyncIterator[Callable[[WritebackConfig], HeldPublisher]]:
+    """Builds held publishers; lets them all go and stops them afterwards."""
+    made: list[HeldPublisher] = []
+
+    def build(config: WritebackConfig) -> HeldPublisher:
+        made.append(HeldPublisher(config))
+        return made[-1]
+
+    yield build
+    for publisher in made:
+        publisher.go_on.set()
+        await publisher.stop()
+
+
+OPEN_TRANSACTIONS = """
+SELECT count(*) FROM pg_stat_activity
+WHERE datname = current_database() AND backend_type = 'client backend'
+  AND pid <> pg_backend_pid() AND xact_start IS NOT NULL
+"""
+
+
+async def test_no_transaction_or_connection_is_held_while_publishing(
+    store: AuditStore,
+    pool: asyncpg.Pool,
+    pg: asyncpg.Connection,
+    config: WritebackConfig,
+    held_publishers: Callable[[WritebackConfig], HeldPublisher],
+) -> None:
+    record = await commit(store, make_record(customer="c-held"))
+    publisher = held_publishers(config)
+    relay = OutboxRelay(pool, publisher, config)
+    cycle = asyncio.create_task(relay.run_once())
+    await asyncio.wait_for(publisher.inside.wait(), 10)
+
+    # The relay is waiting on Kafka: no backend of this database is in a transaction,
+    # and every connection of the pool is back in it.
+    assert await pg.fetchval(OPEN_TRANSACTIONS) == 0
+    assert pool.get_idle_size() == pool.get_size()
+    claim = await pg.fetchrow(
+        "SELECT claimed_by, claimed_until > now() AS held FROM outbox WHERE decision_id = $1",
+        uuid.UUID(record.decision_id),
+    )
+    assert claim is not None
+    assert claim["claimed_by"].startswith("relay@")
+    assert claim["held"]
+
+    publisher.go_on.set()
+    assert await asyncio.wait_for(cycle, 20) == 1
+    row = await pg.fetchrow(
+        "SELECT * FROM outbox WHERE decision_id = $1", uuid.UUID(record.decision_id)
+    )
+    assert row is not None
+    assert (row["status"], row["attempts"]) == ("delivered", 1)
+    assert (row["claimed_by"], row["claimed_until"]) == (None, None)
+
+
+async def test_a_relay_dead_mid_publish_leaves_its_rows_to_others_once_its_lease_ends(
+    store: AuditStore,
+    pool: asyncpg.Pool,
+    pg: asyncpg.Connection,
+    config: WritebackConfig,
+    held_publishers: Callable[[WritebackConfig], HeldPublisher],
+    make_relay: Callable[[WritebackConfig], Awaitable[OutboxRelay]],
+) -> None:
+    first = await commit(store, make_record(customer="c-1"))
+    second = await commit(store, make_record(customer="c-1"))
+    other = await commit(store, make_record(customer="c-2"))
+    publisher = held_publishers(config)
+    dying = OutboxRelay(pool, publisher, msgspec.structs.replace(config, relay_lease_ms=600_000))
+    cycle = asyncio.create_task(dying.run_once())
+    await asyncio.wait_for(publisher.inside.wait(), 10)
+    cycle.cancel()  # the relay dies mid-publish: nothing is recorded or given up
+    with pytest.raises(asyncio.CancelledError):
+        await cycle
+    survivor = await make_relay(config)
+
+    # Its lease holds the heads of both keys, and the second event of c-1 waits
+    # behind its head.
+    assert await survivor.run_once() == 0
+    # The lease's end, brought forward.
+    await pg.execute("UPDATE outbox SET claimed_until = now() WHERE claimed_by IS NOT NULL")
+    await drain(survivor, pool)
+
+    messages = await consume(config.kafka_bootstrap, config.topic, expected=3)
+    by_key: dict[bytes, list[str]] = {}
+    for message in sorted(messages, key=lambda m: (m.partition, m.offset)):
+        by_key.setdefault(message.key, []).append(dict(message.headers)["ce_subject"].decode())
+    assert by_key == {
+        b"c-1": [first.decision_id, second.decision_id],
+        b"c-2": [other.decision_id],
+    }
+    assert survivor.published == 3
+
+
+async def test_a_late_outcome_after_the_lease_was_taken_over_changes_nothing(
+    store: AuditStore,
+    pool: asyncpg.Pool,
+    pg: asyncpg.Connection,
+    config: WritebackConfig,
+    held_publishers: Callable[[WritebackConfig], HeldPublisher],
+    make_relay: Callable[[WritebackConfig], Awaitable[OutboxRelay]],
+) -> None:
+    record = await commit(store, make_record(customer="c-slow"))
+    publisher = held_publishers(config)
+    slow = OutboxRelay(pool, publisher, config)
+    cycle = asyncio.create_task(slow.run_once())
+    await asyncio.wait_for(publisher.inside.wait(), 10)
+    await pg.execute("UPDATE outbox SET claimed_until = now() WHERE claimed_by IS NOT NULL")
+    survivor = await make_relay(config)
+    assert await survivor.run_once() == 1
+
+    publisher.go_on.set()  # the slow relay publishes too, then records: on nothing it holds
+    assert await asyncio.wait_for(cycle, 20) == 1
+
+    key = uuid.UUID(record.decision_id)
+    row = await pg.fetchrow("SELECT * FROM outbox WHERE decision_id = $1", key)
+    assert row is not None
+    assert (row["status"], row["attempts"], row["claimed_by"]) == ("delivered", 1, None)
+    published = await pg.fetchval(
+        "SELECT count(*) FROM writeback_timeline WHERE decision_id = $1 AND stage = 'published'",
+        key,
+    )
+    assert published == 1
+
+
+async def test_outcomes_that_could_not_be_recorded_are_recorded_next_without_a_resend(
+    store: AuditStore,
+    pg: asyncpg.Connection,
+    config: WritebackConfig,
+    held_publishers: Callable[[WritebackConfig], HeldPublisher],
+) -> None:
+    record = await commit(store, make_record(customer="c-rec"))
+    small = msgspec.structs.replace(
+        config, pool_min_size=0, pool_max_size=1, pool_acquire_timeout_ms=200
+    )
+    relay_pool = await create_pool(small)
+    publisher = held_publishers(small)
+    relay = OutboxRelay(relay_pool, publisher, small)
+    try:
+        cycle = asyncio.create_task(relay.run_once())
+        await asyncio.wait_for(publisher.inside.wait(), 10)
+        # Something else holds the pool's only connection while the publish completes:
+        # the record waits its bounded time, then the cycle fails.
+        async with relay_pool.acquire():
+            publisher.go_on.set()
+            done, _ = await asyncio.wait({cycle}, timeout=20)
+            assert cycle in done
+            assert isinstance(cycle.exception(), TimeoutError)
+        held = await pg.fetchrow(
+            "SELECT status, claimed_by FROM outbox WHERE decision_id = $1",
+            uuid.UUID(record.decision_id),
+        )
+        assert held is not None
+        assert held["status"] == "pending"
+        assert held["claimed_by"] is not None
+
+        assert await relay.run_once() == 0
+    finally:
+        await relay_pool.close()
+    row = await pg.fetchrow(
+        "SELECT * FROM outbox WHERE decision_id = $1", uuid.UUID(record.decision_id)
+    )
+    assert row is not None
+    assert (row["status"], row["attempts"], row["claimed_by"]) == ("delivered", 1, None)
+    messages = await consume(config.kafka_bootstrap, config.topic, expected=1)
+    assert [dict(m.headers)["ce_subject"].decode() for m in messages] == [record.decision_id]
