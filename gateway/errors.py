@@ -37,6 +37,13 @@ class NotFound(GatewayError):
     status_code = 404
 
 
+class Conflict(GatewayError):
+    """The request contradicts one made before: its ``request_id`` was used for another
+    request (another model, other entities or another context)."""
+
+    status_code = 409
+
+
 class Unavailable(GatewayError):
     """A dependency the answer cannot do without is down: a feature whose policy is
     ``fail``, the model server, or PostgreSQL."""

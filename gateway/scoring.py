@@ -1,11 +1,24 @@
-"""``/score``: check the request, assemble features, call the model, commit, answer."""
+"""``/score``: check the request, assemble features, call the model, commit, answer.
+
+A ``request_id`` is an idempotency key per caller. Concurrent requests under one key
+in one process share one scoring (single-flight); across processes the audit store's
+unique key lets the first commit win. Each key is kept with the fingerprint of the
+request it was used for, and a request that reuses the key for anything else (another
+model, other entities, another context) gets a 409 naming what differs.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from functools import partial
+from typing import Any, NamedTuple
+
+import msgspec
 
 from contracts.decisions import DecisionRecord, StageTimings, Subject
 from contracts.events import DecisionMade
@@ -13,13 +26,100 @@ from contracts.features import FeatureScalar
 from contracts.registry import DecisionPolicy
 from contracts.scoring import ModelRef, ScoreRequest, ScoreResponse
 from gateway.deadline import Deadline
-from gateway.errors import BadRequest, Unavailable
+from gateway.errors import BadRequest, Conflict, Unavailable
 from gateway.features.assembler import FeatureAssembler
 from gateway.ids import new_decision_id
 from gateway.model_client import ModelClient
 from gateway.observability import current_trace_id, observe_features, stage
 from gateway.registry import ModelPlan, Registry, coerce
-from writeback.audit_store import AuditStore, AuditUnavailable
+from writeback.audit_store import AuditStore, AuditUnavailable, RequestMismatch
+
+_canonical = msgspec.json.Encoder()
+
+
+class Asked(NamedTuple):
+    """What a score request asks for: the parts its fingerprint covers.
+
+    Attributes:
+        model: the model's name.
+        entities: entity ids by entity key, as sent.
+        context: the request-time features, as their declared types.
+    """
+
+    model: str
+    entities: Mapping[str, str]
+    context: Mapping[str, FeatureScalar]
+
+    def fingerprint(self) -> bytes:
+        """The SHA-256 of the request's canonical JSON; the request id is not part of it.
+
+        The JSON is ``[model, [[key, id], ...], [[name, value], ...]]``, entities and
+        context sorted by name, context values as their declared types (so ``120`` and
+        ``120.0`` for a ``float64`` are one value).
+        """
+        canonical = _canonical.encode(
+            [self.model, sorted(self.entities.items()), sorted(self.context.items())]
+        )
+        return hashlib.sha256(canonical).digest()
+
+    def differences(self, other: Asked) -> list[str]:
+        """The fields in which ``other`` asks for something else (``context.amount``)."""
+        fields = [] if self.model == other.model else ["model"]
+        for key in sorted(self.entities.keys() | other.entities.keys()):
+            if self.entities.get(key) != other.entities.get(key):
+                fields.append(f"entities.{key}")
+        for name in sorted(self.context.keys() | other.context.keys()):
+            if not _same(self.context.get(name), other.context.get(name)):
+                fields.append(f"context.{name}")
+        return fields
+
+
+def _same(a: FeatureScalar | None, b: FeatureScalar | None) -> bool:
+    # 120 and 120.0 are one float64 value; True and 1 are not one value.
+    return a == b and isinstance(a, bool) == isinstance(b, bool)
+
+
+def _asked_by(record: DecisionRecord) -> Asked:
+    request = record.request
+    return Asked(request.model, request.entities, request.context)
+
+
+def conflict(request_id: str, earlier: Asked, asked: Asked) -> Conflict | None:
+    """The 409 for reusing ``request_id`` for ``asked``, or None if it asks the same."""
+    fields = earlier.differences(asked)
+    if not fields:
+        return None
+    return Conflict(
+        f"request_id {request_id!r} was used for a different request:"
+        f" {', '.join(fields)} differ{'s' if len(fields) == 1 else ''}",
+        field=fields[0],
+        extra={"request_id": request_id, "differs": fields},
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Checked:
+    """A request checked against the registry, and when it arrived."""
+
+    request: ScoreRequest
+    plan: ModelPlan
+    entity_ids: dict[str, str]
+    context: dict[str, FeatureScalar]
+    received_at: datetime
+    started: float
+
+    @property
+    def asked(self) -> Asked:
+        return Asked(self.plan.model.name, self.request.entities, self.context)
+
+
+@dataclass(frozen=True, slots=True)
+class _Flight:
+    """The scoring of one (caller, request_id) in flight, which its duplicates await."""
+
+    asked: Asked
+    fingerprint: bytes
+    task: asyncio.Task[ScoreResponse]
 
 
 def decide(
@@ -65,6 +165,7 @@ class Scorer:
         self._assembler = assembler
         self._models = models
         self._audit = audit
+        self._flights: dict[tuple[str, str], _Flight] = {}
 
     def _plan(self, request: ScoreRequest) -> ModelPlan:
         plan = self._registry.plans.get(request.model)
@@ -113,17 +214,91 @@ class Scorer:
     async def score(
         self, request: ScoreRequest, caller: str, timeout_ms: int | None = None
     ) -> ScoreResponse:
-        """Score one request; the answer exists only once its audit record is committed."""
+        """Score one request; the answer exists only once its audit record is committed.
+
+        With a ``request_id``, the caller's earlier decision under it comes back, and
+        concurrent duplicates wait for one scoring.
+
+        Raises:
+            BadRequest: the request does not fit the registry.
+            Conflict: the request id was used for a different request.
+        """
         started = time.perf_counter()
         received_at = datetime.now(UTC)
         plan = self._plan(request)
-        entity_ids = self._entity_ids(plan, request.entities)
-        context = self._context(plan, request.context)
-        if request.request_id is not None:
-            earlier = await self._find(caller, request.request_id)
-            if earlier is not None:
-                return response_of(earlier)
+        checked = _Checked(
+            request=request,
+            plan=plan,
+            entity_ids=self._entity_ids(plan, request.entities),
+            context=self._context(plan, request.context),
+            received_at=received_at,
+            started=started,
+        )
+        if request.request_id is None:
+            return await self._decide(checked, caller, None, timeout_ms)
+        asked = checked.asked
+        fingerprint = asked.fingerprint()
+        key = (caller, request.request_id)
+        flight = self._flights.get(key)
+        if flight is None:
+            task = asyncio.create_task(
+                self._once(checked, caller, request.request_id, fingerprint, timeout_ms)
+            )
+            flight = _Flight(asked=asked, fingerprint=fingerprint, task=task)
+            self._flights[key] = flight
+            task.add_done_callback(partial(self._landed, key, flight))
+        elif flight.fingerprint != fingerprint:
+            refused = conflict(request.request_id, flight.asked, asked)
+            if refused is not None:
+                raise refused
+        # Shielded: one duplicate giving up must not cancel the scoring the others await.
+        return await asyncio.shield(flight.task)
 
+    def _landed(self, key: tuple[str, str], flight: _Flight, task: asyncio.Task[Any]) -> None:
+        if self._flights.get(key) is flight:
+            del self._flights[key]
+        if not task.cancelled():
+            task.exception()  # retrieved here so a failure no one awaited is not logged
+
+    async def _once(
+        self,
+        checked: _Checked,
+        caller: str,
+        request_id: str,
+        fingerprint: bytes,
+        timeout_ms: int | None,
+    ) -> ScoreResponse:
+        """Score a request with an id, unless the caller's decision under it exists."""
+        try:
+            earlier = await self._audit.find_by_request(caller, request_id, fingerprint)
+        except RequestMismatch as exc:
+            return self._earlier(exc.existing, checked)
+        except AuditUnavailable as exc:
+            raise Unavailable("the audit store is unavailable", field="audit") from exc
+        if earlier is not None:
+            return response_of(earlier)
+        return await self._decide(checked, caller, fingerprint, timeout_ms)
+
+    @staticmethod
+    def _earlier(existing: DecisionRecord, checked: _Checked) -> ScoreResponse:
+        """The earlier decision under the request's id, if it was made for this request."""
+        refused = conflict(existing.request_id, _asked_by(existing), checked.asked)
+        if refused is not None:
+            raise refused
+        # The fingerprints differ but every field is the same (a key fingerprinted
+        # another way): it is the same request.
+        return response_of(existing)
+
+    async def _decide(
+        self,
+        checked: _Checked,
+        caller: str,
+        fingerprint: bytes | None,
+        timeout_ms: int | None,
+    ) -> ScoreResponse:
+        """Assemble, call the model, commit and answer."""
+        request, plan, entity_ids = checked.request, checked.plan, checked.entity_ids
+        context, received_at, started = checked.context, checked.received_at, checked.started
         model = plan.model
         budget_ms = model.deadline_ms if timeout_ms is None else min(timeout_ms, model.deadline_ms)
         deadline = Deadline(budget_ms / 1000)
@@ -188,16 +363,13 @@ class Scorer:
         )
         try:
             with stage("audit commit"):
-                committed = await self._audit.commit(record, event, key=subject.id)
+                committed = await self._audit.commit(record, event, subject.id, fingerprint)
+        except RequestMismatch as exc:
+            # Another process committed the id first, for a different request.
+            return self._earlier(exc.existing, checked)
         except AuditUnavailable as exc:
             raise Unavailable(
                 "the audit store is unavailable; no decision is given that cannot be audited",
                 field="audit",
             ) from exc
         return response_of(committed)
-
-    async def _find(self, caller: str, request_id: str) -> DecisionRecord | None:
-        try:
-            return await self._audit.find_by_request(caller, request_id)
-        except AuditUnavailable as exc:
-            raise Unavailable("the audit store is unavailable", field="audit") from exc

@@ -52,16 +52,18 @@ _COMMIT_BATCH = """
 WITH incoming AS (
     SELECT * FROM unnest(
         $1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-        $8::timestamptz[], $9::json[], $10::uuid[], $11::text[], $12::bytea[], $15::text[]
+        $8::timestamptz[], $9::json[], $10::uuid[], $11::text[], $12::bytea[], $15::text[],
+        $16::bytea[]
     ) WITH ORDINALITY AS i(
         decision_id, caller, request_id, model_name, model_version, subject_entity,
-        subject_id, decided_at, record, event_id, message_key, payload, traceparent, ord
+        subject_id, decided_at, record, event_id, message_key, payload, traceparent,
+        fingerprint, ord
     )
 ),
 -- The first of each (caller, request_id) wins, in this batch and across batches.
 claimed AS (
-    INSERT INTO decision_requests (caller, request_id, decision_id)
-    SELECT caller, request_id, decision_id FROM incoming ORDER BY ord
+    INSERT INTO decision_requests (caller, request_id, decision_id, fingerprint)
+    SELECT caller, request_id, decision_id, fingerprint FROM incoming ORDER BY ord
     ON CONFLICT (caller, request_id) DO NOTHING
     RETURNING decision_id, committed_at
 ),
@@ -100,10 +102,10 @@ LEFT JOIN notified ON true
 """
 
 
-def _record_query(source: str, condition: str) -> str:
-    # `source` and `condition` are constants below, never caller input.
+def _record_query(source: str, condition: str, columns: str = "") -> str:
+    # `source`, `condition` and `columns` are constants below, never caller input.
     return f"""
-SELECT d.record, d.committed_at,
+SELECT d.record, d.committed_at,{columns}
        r.reason, r.rolled_back_by, r.rolled_back_at, r.event_id AS rollback_event_id,
        (SELECT jsonb_agg(jsonb_build_object(
                    'event_id', o.event_id, 'type', o.event_type, 'status', o.status,
@@ -131,6 +133,7 @@ _FIND_BY_REQUEST = _record_query(
     "decision_requests AS q JOIN decisions AS d"
     " ON d.decision_id = q.decision_id AND d.committed_at = q.committed_at",
     "q.caller = $1 AND q.request_id = $2",
+    " q.fingerprint,",
 )
 
 _DECISION_FOR_ROLLBACK = """
@@ -186,6 +189,24 @@ class AuditUnavailable(Exception):
         self.__cause__ = cause
 
 
+class RequestMismatch(Exception):
+    """A request id is reused for a request other than the one it was first used for.
+
+    The two fingerprints differ: the earlier request asked for another model, other
+    entities or another context.
+
+    Attributes:
+        existing: The decision committed under the request id.
+    """
+
+    def __init__(self, existing: DecisionRecord) -> None:
+        super().__init__(
+            f"request {existing.request_id!r} of {existing.caller!r} was committed"
+            " for a different request"
+        )
+        self.existing = existing
+
+
 @dataclass(slots=True)
 class _PendingCommit:
     """One caller's decision, encoded, waiting for the writer."""
@@ -198,6 +219,8 @@ class _PendingCommit:
     key: str
     # The committing request's trace context, for the relay's publish span.
     traceparent: str | None
+    # What the request asked for, kept with its (caller, request_id).
+    fingerprint: bytes | None
     # None: (caller, request_id) was already committed; the caller fetches that record.
     future: asyncio.Future[DecisionRecord | None]
 
@@ -333,17 +356,26 @@ class AuditStore:
         writer, self._writer = self._writer, None
         await writer
 
-    async def commit(self, record: DecisionRecord, event: DecisionMade, key: str) -> DecisionRecord:
+    async def commit(
+        self,
+        record: DecisionRecord,
+        event: DecisionMade,
+        key: str,
+        fingerprint: bytes | None = None,
+    ) -> DecisionRecord:
         """Commit a decision and its outcome event in one transaction.
 
         Returns only once the transaction is committed. If ``(caller, request_id)``
-        was committed before, nothing is written and that first record comes back.
+        was committed before, nothing is written and that first record comes back,
+        provided it was committed for the same request.
 
         Args:
             record: The decision; its live fields (status, commit time, write-back,
                 rollback) are not stored.
             event: The ``decision.made`` event to publish.
             key: The Kafka record key: the subject entity's id.
+            fingerprint: What the request asked for, stored with its request id and
+                compared with that of an earlier commit under the same id.
 
         Returns:
             The committed record with ``committed_at`` and its pending write-back
@@ -352,6 +384,8 @@ class AuditStore:
         Raises:
             AuditUnavailable: The transaction failed; nothing of this decision is
                 committed by it.
+            RequestMismatch: The request id was committed before with another
+                fingerprint; nothing is written.
             ValueError: ``record.decision_id`` is not a UUID.
         """
         if self._writer is None or self._closing:
@@ -367,30 +401,46 @@ class AuditStore:
             payload=_encoder.encode(event),
             key=key,
             traceparent=current_traceparent(),
+            fingerprint=fingerprint,
             future=asyncio.get_running_loop().create_future(),
         )
         self._queue.put_nowait(pending)
         committed = await pending.future
         if committed is not None:
             return committed
-        existing = await self.find_by_request(record.caller, record.request_id)
+        existing = await self.find_by_request(record.caller, record.request_id, fingerprint)
         if existing is None:
             raise AuditUnavailable("the request was committed before but its record is gone")
         return existing
 
-    async def find_by_request(self, caller: str, request_id: str) -> DecisionRecord | None:
+    async def find_by_request(
+        self, caller: str, request_id: str, fingerprint: bytes | None = None
+    ) -> DecisionRecord | None:
         """The decision a caller made under a request id, with its live state.
 
         Args:
             caller: The caller (API key name) that asked for the decision.
             request_id: The caller's request id.
+            fingerprint: What the request asks for; given, a decision committed
+                under the id with another fingerprint is refused.
 
         Returns:
             The record as :meth:`get` returns it, or None.
+
+        Raises:
+            AuditUnavailable: PostgreSQL could not be reached.
+            RequestMismatch: The decision under the id was made for another request.
         """
         with _unavailable_on_error("read the decision"):
             row = await self._pool.fetchrow(_FIND_BY_REQUEST, caller, request_id)
-        return None if row is None else _record_from_row(row)
+        if row is None:
+            return None
+        record = _record_from_row(row)
+        stored = row["fingerprint"]
+        # Keys from before fingerprints were kept have none: nothing to compare.
+        if fingerprint is not None and stored is not None and bytes(stored) != fingerprint:
+            raise RequestMismatch(record)
+        return record
 
     async def get(self, decision_id: str) -> DecisionRecord | None:
         """A decision record with its live state filled in.
@@ -575,6 +625,7 @@ class AuditStore:
                 DECISION_MADE,
                 self._config.topic,
                 [pending.traceparent for pending in batch],
+                [pending.fingerprint for pending in batch],
             )
 
     def _committed(self, pending: _PendingCommit, row: asyncpg.Record) -> DecisionRecord:

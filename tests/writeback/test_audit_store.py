@@ -14,7 +14,7 @@ from contracts.decisions import DecisionRecord, WritebackState
 from contracts.events import DECISION_MADE, DECISION_ROLLED_BACK, OutcomeEvent
 from tests.system.tcp_proxy import TcpProxy
 from tests.writeback.conftest import commit, make_event, make_record
-from writeback.audit_store import AuditStore, AuditUnavailable
+from writeback.audit_store import AuditStore, AuditUnavailable, RequestMismatch
 from writeback.config import WritebackConfig
 from writeback.pool import create_pool
 
@@ -125,6 +125,72 @@ async def test_repeated_request_in_one_batch_writes_once(
     assert len({answer.decision_id for answer in answers}) == 1
     assert await pool.fetchval("SELECT count(*) FROM decisions") == 1
     assert await pool.fetchval("SELECT count(*) FROM outbox") == 1
+
+
+FINGERPRINT_A = b"a" * 32
+FINGERPRINT_B = b"b" * 32
+
+
+async def test_request_id_reused_for_another_request_is_refused(
+    store: AuditStore, pool: asyncpg.Pool
+) -> None:
+    first = make_record(request_id="req-fp")
+    original = await store.commit(first, make_event(first), "c-1", FINGERPRINT_A)
+    other = make_record(request_id="req-fp", decision="decline")
+
+    with pytest.raises(RequestMismatch) as refused:
+        await store.commit(other, make_event(other), "c-1", FINGERPRINT_B)
+
+    assert refused.value.existing.decision_id == first.decision_id
+    with pytest.raises(RequestMismatch):
+        await store.find_by_request(first.caller, "req-fp", FINGERPRINT_B)
+    found = await store.find_by_request(first.caller, "req-fp", FINGERPRINT_A)
+    assert found is not None
+    assert found.decision_id == first.decision_id
+    same = make_record(request_id="req-fp", decision="review")
+    answer = await store.commit(same, make_event(same), "c-1", FINGERPRINT_A)
+    assert (answer.decision_id, answer.writeback) == (first.decision_id, original.writeback)
+    assert await pool.fetchval("SELECT fingerprint FROM decision_requests") == FINGERPRINT_A
+    assert await pool.fetchval("SELECT count(*) FROM decisions") == 1
+    assert await pool.fetchval("SELECT count(*) FROM outbox") == 1
+
+
+async def test_request_id_reused_in_one_batch_is_refused_for_the_other_request(
+    store: AuditStore, pool: asyncpg.Pool
+) -> None:
+    records = [make_record(request_id="req-fp-burst", decision=f"d{n}") for n in range(4)]
+    fingerprints = [FINGERPRINT_A, FINGERPRINT_B, FINGERPRINT_A, FINGERPRINT_B]
+
+    outcomes = await asyncio.gather(
+        *(
+            store.commit(record, make_event(record), "c-1", fingerprint)
+            for record, fingerprint in zip(records, fingerprints, strict=True)
+        ),
+        return_exceptions=True,
+    )
+
+    winner = await pool.fetchrow("SELECT decision_id::text, fingerprint FROM decision_requests")
+    assert winner is not None
+    for outcome, fingerprint in zip(outcomes, fingerprints, strict=True):
+        if fingerprint == winner["fingerprint"]:
+            assert isinstance(outcome, DecisionRecord)
+            assert outcome.decision_id == winner["decision_id"]
+        else:
+            assert isinstance(outcome, RequestMismatch)
+            assert outcome.existing.decision_id == winner["decision_id"]
+    assert await pool.fetchval("SELECT count(*) FROM decisions") == 1
+
+
+async def test_request_without_a_stored_fingerprint_answers_with_the_first(
+    store: AuditStore,
+) -> None:
+    first = make_record(request_id="req-old")
+    await commit(store, first)
+
+    found = await store.find_by_request(first.caller, "req-old", FINGERPRINT_B)
+
+    assert found is not None
+    assert found.decision_id == first.decision_id
 
 
 async def test_same_request_id_of_other_callers_are_distinct(

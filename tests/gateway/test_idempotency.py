@@ -1,0 +1,218 @@
+"""``request_id`` as an idempotency key: concurrent duplicates share one scoring, and a
+key reused for a different request is a 409 naming what differs.
+
+Model calls are counted by the sample model server itself (rows scored). Where a test
+needs requests to overlap, the feature assembly waits until they all have arrived,
+so nothing depends on how fast the machine is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from gateway.app import create_app
+from gateway.features.assembler import FeatureAssembler
+from gateway.scoring import Scorer
+from gateway.settings import GatewaySettings
+from tests.conftest import SampleServers, bearer, serve
+from tests.gateway.test_score import body, seed
+
+pytestmark = pytest.mark.services
+
+Client = httpx.AsyncClient
+
+
+@pytest.fixture
+def registry_path(registry_path: Path) -> Path:
+    """The sample registry with a long deadline: held assemblies must not run out of it."""
+    text = registry_path.read_text()
+    marker = 'owner = "fraud-ml"\n'
+    assert marker in text
+    registry_path.write_text(text.replace(marker, marker + "deadline_ms = 30000\n", 1))
+    return registry_path
+
+
+async def model_rows(servers: SampleServers) -> int:
+    async with servers.http.get(f"{servers.model_url}/_stats") as resp:
+        rows: int = (await resp.json())["rows"]
+        return rows
+
+
+class Gate:
+    """Counts arrivals at a point and holds feature assemblies until enough arrived."""
+
+    def __init__(self, expected: int) -> None:
+        self.expected = expected
+        self.arrived = 0
+        self.assemblies = 0
+        self.open = asyncio.Event()
+
+    def arrive(self) -> None:
+        self.arrived += 1
+        if self.arrived >= self.expected:
+            self.open.set()
+
+    async def wait(self) -> None:
+        async with asyncio.timeout(20):
+            await self.open.wait()
+
+
+def hold(monkeypatch: pytest.MonkeyPatch, gate: Gate, count: str) -> None:
+    """Hold every assembly at ``gate``; arrivals count at ``score`` or ``assemble``."""
+    assemble = FeatureAssembler.assemble
+    score = Scorer.score
+
+    async def arriving_score(self: Scorer, *args: Any, **kwargs: Any) -> Any:
+        if count == "score":
+            gate.arrive()
+        return await score(self, *args, **kwargs)
+
+    async def held_assemble(self: FeatureAssembler, *args: Any, **kwargs: Any) -> Any:
+        gate.assemblies += 1
+        if count == "assemble":
+            gate.arrive()
+        await gate.wait()
+        return await assemble(self, *args, **kwargs)
+
+    monkeypatch.setattr(Scorer, "score", arriving_score)
+    monkeypatch.setattr(FeatureAssembler, "assemble", held_assemble)
+
+
+async def test_concurrent_duplicates_share_one_assembly_and_one_model_call(
+    client: Client, servers: SampleServers, pg: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await seed(client, "c-sf", "m-sf", timedelta(seconds=1))
+    gate = Gate(expected=8)
+    hold(monkeypatch, gate, count="score")
+    request = body("c-sf", "m-sf", request_id="sf-1")
+
+    answers = await asyncio.gather(*(client.post("/score", json=request) for _ in range(8)))
+
+    assert [a.status_code for a in answers] == [200] * 8, answers[0].text
+    assert len({a.json()["decision_id"] for a in answers}) == 1
+    assert gate.assemblies == 1
+    assert await model_rows(servers) == 1
+    assert await pg.fetchval("SELECT count(*) FROM decisions") == 1
+    # Settled: a later retry finds the committed decision and scores nothing.
+    again = await client.post("/score", json=request)
+    assert again.json() == answers[0].json()
+    assert gate.assemblies == 1
+    assert await model_rows(servers) == 1
+
+
+async def test_retry_with_another_body_is_409_naming_what_differs(
+    client: Client, servers: SampleServers, pg: asyncpg.Connection
+) -> None:
+    await seed(client, "c-rb", "m-rb", timedelta(seconds=1))
+    request = body("c-rb", "m-rb", request_id="order-9")
+    first = await client.post("/score", json=request, headers=bearer("scorer"))
+    assert first.status_code == 200, first.text
+
+    changed_amount = {**request, "context": {"amount": 999.0, "card_present": False}}
+    changed_both = {
+        **changed_amount,
+        "entities": {"customer_id": "c-rb", "merchant_id": "m-other"},
+    }
+    for changed, fields in (
+        (changed_amount, ["context.amount"]),
+        (changed_both, ["entities.merchant_id", "context.amount"]),
+    ):
+        refused = await client.post("/score", json=changed, headers=bearer("scorer"))
+        assert refused.status_code == 409, refused.text
+        error = refused.json()
+        assert error["field"] == fields[0]
+        assert error["extra"] == {"request_id": "order-9", "differs": fields}
+        assert "order-9" in error["detail"]
+
+    # The same request with its context in another order is the same request.
+    reordered = {**request, "context": {"card_present": False, "amount": 120.5}}
+    answer = await client.post("/score", json=reordered, headers=bearer("scorer"))
+    assert answer.json() == first.json()
+    # A float64 sent as 40 and then as 40.0 is one value.
+    whole = body(
+        "c-rb", "m-rb", request_id="order-10", context={"amount": 40, "card_present": True}
+    )
+    made = await client.post("/score", json=whole, headers=bearer("scorer"))
+    assert made.status_code == 200, made.text
+    whole_again = {**whole, "context": {"amount": 40.0, "card_present": True}}
+    answer = await client.post("/score", json=whole_again, headers=bearer("scorer"))
+    assert answer.json() == made.json()
+    # Another caller's key space is its own.
+    other = await client.post("/score", json=changed_amount, headers=bearer("scorer2"))
+    assert other.status_code == 200, other.text
+
+    assert await model_rows(servers) == 3
+    assert await pg.fetchval("SELECT count(*) FROM decisions") == 3
+
+
+async def test_different_body_while_the_first_is_in_flight_is_409(
+    client: Client, servers: SampleServers, pg: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await seed(client, "c-if", "m-if", timedelta(seconds=1))
+    gate = Gate(expected=2)
+    hold(monkeypatch, gate, count="score")
+    first = body("c-if", "m-if", request_id="if-1")
+    second = {**first, "context": {"amount": 1.0, "card_present": False}}
+
+    answers = await asyncio.gather(
+        client.post("/score", json=first), client.post("/score", json=second)
+    )
+
+    assert sorted(a.status_code for a in answers) == [200, 409]
+    [refused] = [a for a in answers if a.status_code == 409]
+    assert refused.json()["field"] == "context.amount"
+    assert gate.assemblies == 1
+    assert await model_rows(servers) == 1
+    assert await pg.fetchval("SELECT count(*) FROM decisions") == 1
+
+
+@pytest.fixture
+async def second_gateway(settings: GatewaySettings) -> AsyncIterator[Client]:
+    """Another gateway process's view: its own app on the same database."""
+    async with serve(create_app(settings)) as http:
+        yield http
+
+
+async def test_across_processes_the_commit_refuses_a_different_body(
+    client: Client,
+    second_gateway: Client,
+    servers: SampleServers,
+    pg: asyncpg.Connection,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await seed(client, "c-xp", "m-xp", timedelta(seconds=1))
+    # Both gateways pass their lookup before either commits: the unique key decides.
+    gate = Gate(expected=2)
+    hold(monkeypatch, gate, count="assemble")
+    first = body("c-xp", "m-xp", request_id="xp-1")
+    second = {**first, "context": {"amount": 1.0, "card_present": False}}
+
+    answers = await asyncio.gather(
+        client.post("/score", json=first), second_gateway.post("/score", json=second)
+    )
+
+    assert sorted(a.status_code for a in answers) == [200, 409], [a.text for a in answers]
+    [refused] = [a for a in answers if a.status_code == 409]
+    assert refused.json()["field"] == "context.amount"
+    assert await model_rows(servers) == 2
+    assert await pg.fetchval("SELECT count(*) FROM decisions") == 1
+
+    # The same body from both: one decision, both answers carry it.
+    monkeypatch.undo()
+    gate = Gate(expected=2)
+    hold(monkeypatch, gate, count="assemble")
+    same = body("c-xp", "m-xp", request_id="xp-2")
+    answers = await asyncio.gather(
+        client.post("/score", json=same), second_gateway.post("/score", json=same)
+    )
+    assert [a.status_code for a in answers] == [200, 200]
+    assert answers[0].json()["decision_id"] == answers[1].json()["decision_id"]
+    assert await pg.fetchval("SELECT count(*) FROM decisions") == 2
