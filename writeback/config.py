@@ -28,13 +28,16 @@ class WritebackConfig(msgspec.Struct, frozen=True):
             while it publishes; a relay that dies mid-publish leaves its rows to the
             others once the lease runs out, and a cycle that outlives it gives them up.
         pool_min_size: Connections the pool keeps open.
-        pool_max_size: Connections the pool opens at most. One pool serves the group
-            commit (one connection at a time), the idempotency and decision reads, the
-            dead-letter queue, health checks, the relay, the sealer and retention (one
-            each, for one statement at a time); the relay's LISTEN connection is its own.
+        pool_max_size: Connections the pool opens at most (opened as load needs them).
+            One pool serves the group commit (one connection at a time), the idempotency
+            and decision reads, the dead-letter queue, health checks, and the relay,
+            sealer and retention (one each, none held across network I/O); the relay's
+            LISTEN connection is its own. A burst of 512 ``/score`` requests waits a few
+            seconds at most for its reads on a busy two-core machine.
         pool_acquire_timeout_ms: How long a caller waits for a free connection before
-            it fails (a burst waits its turn; a pool that stays exhausted answers 503
-            rather than queueing callers past their deadlines).
+            it fails, as the group commit's own bound does (a burst waits its turn; a
+            pool held by something stuck fails its callers instead of queueing them
+            without end).
         commit_max_batch: Decisions one group-commit transaction takes at most.
         publish_timeout_ms: Bound of one publish call (and of the producer's own
             delivery timeout), so a down broker cannot stall a relay cycle.
@@ -66,8 +69,8 @@ class WritebackConfig(msgspec.Struct, frozen=True):
     relay_max_backoff_ms: int = 30000
     relay_lease_ms: int = 0
     pool_min_size: int = 2
-    pool_max_size: int = 20
-    pool_acquire_timeout_ms: int = 2000
+    pool_max_size: int = 32
+    pool_acquire_timeout_ms: int = 10000
     commit_max_batch: int = 256
     publish_timeout_ms: int = 30000
     relay_max_attempts: int = 10
