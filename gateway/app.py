@@ -12,9 +12,10 @@ import logging
 import re
 import secrets
 import time
+import types
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, Union, get_args, get_origin
 
 import aiohttp
 import asyncpg
@@ -25,16 +26,25 @@ from litestar.di import NamedDependency, Provide
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.exceptions import ImproperlyConfiguredException as ConfigurationError
 from litestar.middleware import DefineMiddleware
-from litestar.openapi import OpenAPIConfig
+from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.params import FromPath, HeaderParameter, JSONBody
 from litestar.plugins import InitPluginProtocol
+from litestar.types import Empty, Scope
+from litestar.utils.scope.state import ScopeState
 from opentelemetry import trace
 
 from contracts.decisions import DecisionRecord, RollbackRequest, RollbackState
 from contracts.features import PushRequest, PushResponse
 from contracts.registry import RegistryFile
 from contracts.scoring import ErrorBody, ScoreRequest, ScoreResponse
-from gateway.auditing import PurposeHeader, audit_handlers, read_decision
+from gateway.auditing import (
+    PurposeHeader,
+    audit_handlers,
+    caused_by,
+    read_decision,
+    store_error,
+    with_retry_after,
+)
 from gateway.auth import AUTH_DONE, ApiKeyAuthentication, KeyRing, Principal, requires
 from gateway.errors import GatewayError, NotFound, Unavailable
 from gateway.features.assembler import FeatureAssembler
@@ -49,6 +59,7 @@ from gateway.observability import (
     refresh_tracing,
     tracer_provider_from_env,
 )
+from gateway.openapi import error_responses, scalar_unions_as_type_lists
 from gateway.operations import operation_handlers
 from gateway.registry import Registry, load_registry
 from gateway.replay import Replayer
@@ -148,7 +159,20 @@ class Gateway(InitPluginProtocol):
         """Register the gateway as a dependency and its lifespan."""
         app_config.dependencies["gateway"] = Provide(lambda: self, sync_to_thread=False)
         app_config.lifespan.append(self.lifespan)
+        app_config.after_exception.append(self.after_exception)
         return app_config
+
+    async def after_exception(self, exc: Exception, _: Scope) -> None:
+        """Drop the pool's connections when PostgreSQL refused a write as read-only.
+
+        A demoted primary stays reachable but refuses writes: the pool's sessions
+        (opened there, or under ``default_transaction_read_only``) would refuse them
+        for as long as they live. New connections reach whatever is primary by then,
+        so the gateway heals by itself once a writable primary is back.
+        """
+        if self._pool is not None and caused_by(exc, asyncpg.ReadOnlySQLTransactionError):
+            log.warning("PostgreSQL refused a write as read-only: reconnecting the pool")
+            await self._pool.expire_connections()
 
     @asynccontextmanager
     async def lifespan(self, _: Litestar) -> AsyncIterator[None]:
@@ -292,7 +316,7 @@ async def _timed(probe: Awaitable[Any], limit_s: float) -> Check:
 GatewayDep = NamedDependency[Gateway]
 
 
-@post("/score", status_code=200, opt=requires("scorer"))
+@post("/score", status_code=200, opt=requires("scorer"), responses=error_responses(502, 503, 504))
 async def score(
     data: JSONBody[ScoreRequest],
     gateway: GatewayDep,
@@ -312,19 +336,24 @@ async def score(
     return response if principal.sees_pii else gateway.masker.response(response)
 
 
-@post("/features/push", status_code=200, opt=requires("feature_writer"))
+@post(
+    "/features/push",
+    status_code=200,
+    opt=requires("feature_writer"),
+    responses=error_responses(503),
+)
 async def push_features(data: JSONBody[PushRequest], gateway: GatewayDep) -> PushResponse:
     """Write feature values of one entity; older event times never overwrite newer."""
     return await gateway.pusher.push(data)
 
 
-@get("/registry")
+@get("/registry", responses=error_responses())
 async def registry_file(gateway: GatewayDep) -> RegistryFile:
     """The registry: entities, sources, features and models, as loaded."""
     return gateway.registry.file
 
 
-@get("/decisions/{decision_id:str}", opt=requires("auditor"))
+@get("/decisions/{decision_id:str}", opt=requires("auditor"), responses=error_responses(404, 503))
 async def decision(
     decision_id: FromPath[str],
     gateway: GatewayDep,
@@ -335,7 +364,12 @@ async def decision(
     return await read_decision(gateway, decision_id, request.user, "api", purpose)
 
 
-@post("/decisions/{decision_id:str}/rollback", status_code=200, opt=requires("operator"))
+@post(
+    "/decisions/{decision_id:str}/rollback",
+    status_code=200,
+    opt=requires("operator"),
+    responses=error_responses(404, 503),
+)
 async def rollback(
     decision_id: FromPath[str],
     data: JSONBody[RollbackRequest],
@@ -343,10 +377,7 @@ async def rollback(
     request: Request[Principal, Any, Any],
 ) -> RollbackState:
     """Roll a decision back; a second rollback answers with the first."""
-    try:
-        result = await gateway.audit.rollback(decision_id, data.reason, request.user.key_id)
-    except AuditUnavailable as exc:
-        raise Unavailable("the audit store is unavailable", field="audit") from exc
+    result = await gateway.audit.rollback(decision_id, data.reason, request.user.key_id)
     if result is None:
         raise NotFound(f"no decision {decision_id}", field="decision_id")
     state, _ = result
@@ -359,7 +390,17 @@ async def live() -> dict[str, str]:
     return {"status": "live"}
 
 
-@get("/health/ready", opt={"exclude_from_auth": True})
+@get(
+    "/health/ready",
+    opt={"exclude_from_auth": True},
+    responses={
+        503: ResponseSpec(
+            data_container=Readiness,
+            description="A dependency does not answer",
+            generate_examples=False,
+        )
+    },
+)
 async def ready(gateway: GatewayDep) -> Response[Readiness]:
     """200 when PostgreSQL, Redis, Kafka and every model server answer; 503 otherwise."""
     readiness = await gateway.readiness()
@@ -370,17 +411,22 @@ def _gateway_error(_: Request[Any, Any, Any], exc: GatewayError) -> Response[Err
     body = ErrorBody(
         status_code=exc.status_code, detail=exc.detail, field=exc.field, extra=exc.extra
     )
-    return Response(body, status_code=exc.status_code, headers=exc.headers)
+    return Response(body, status_code=exc.status_code, headers=with_retry_after(exc))
 
 
-def _validation_error(_: Request[Any, Any, Any], exc: ValidationException) -> Response[ErrorBody]:
+def _store_error(request: Request[Any, Any, Any], exc: AuditUnavailable) -> Response[ErrorBody]:
+    return _gateway_error(request, store_error(exc))
+
+
+def _validation_error(
+    request: Request[Any, Any, Any], exc: ValidationException
+) -> Response[ErrorBody]:
     field = None
     detail = exc.detail
     if isinstance(exc.extra, list) and exc.extra and isinstance(exc.extra[0], dict):
         first = exc.extra[0]
-        message = str(first.get("message", detail))
-        field = _field_of(message) or first.get("key")
-        detail = message
+        detail = str(first.get("message", detail))
+        field = _blamed_field(request, first)
     body = ErrorBody(status_code=400, detail=detail, field=field)
     return Response(body, status_code=400)
 
@@ -396,14 +442,103 @@ def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response
     return Response(body, status_code=500)
 
 
-def _field_of(message: str) -> str | None:
-    """The dotted field a msgspec message blames ("... - at `$.entities.x`")."""
-    _, marker, where = message.rpartition(" - at `$")
-    path = where.rstrip("`").lstrip(".").replace("[", ".").replace("]", "") if marker else ""
-    unknown = re.search(r"unknown field `([^`]+)`", message)
-    if unknown:
-        path = f"{path}.{unknown.group(1)}" if path else unknown.group(1)
-    return path or None
+# One step of a msgspec path as Litestar passes it on: ``[0]``, ``['amount']``, ``[...]``
+# (a dict value, key not named) or a field name.
+_STEP = re.compile(r"\[(\d+)\]|\['((?:[^'\\]|\\.)*)'\]|(\[\.\.\.\])|\.?([^.\[]+)")
+_NAMED_IN_MESSAGE = re.compile(r"(?:unknown|missing required) field `([^`]+)`")
+
+
+def _blamed_field(request: Request[Any, Any, Any], error: dict[str, Any]) -> str | None:
+    """The field a validation error blames, dotted: ``context.amount``, ``lineage.ref``.
+
+    Litestar names a parameter by its Python name and a body field by msgspec's path
+    (``context[...]``). msgspec does not name the key of a bad dict value, so that key
+    is found again: the first value of that dict its declared type does not admit.
+    """
+    key = str(error.get("key") or "")
+    if error.get("source") != "body":
+        return _parameter_name(request, key) or None
+    data = request.route_handler.parsed_data_field
+    body = ScopeState.from_scope(request.scope).json
+    names = _resolve(
+        "" if key == "data" else key,
+        None if body is Empty else body,
+        data.annotation if data else None,
+    )
+    named = _NAMED_IN_MESSAGE.search(str(error.get("message", "")))
+    if named:
+        names.append(named.group(1))
+    return ".".join(names) or None
+
+
+def _parameter_name(request: Request[Any, Any, Any], key: str) -> str:
+    """A parameter as the caller names it (``X-Request-Timeout-Ms``, not ``timeout_ms``)."""
+    parameter = request.route_handler.parsed_fn_signature.parameters.get(key)
+    kwarg = parameter.kwarg_definition if parameter else None
+    names = (getattr(kwarg, alias, None) for alias in ("header", "query", "cookie", "name"))
+    return next((name for name in names if isinstance(name, str) and name), key)
+
+
+def _resolve(path: str, value: Any, annotation: Any) -> list[str]:
+    """The names along a msgspec path, walking the body and its declared type together."""
+    names: list[str] = []
+    for step in _STEP.finditer(path):
+        index, quoted, unnamed, name = step.groups()
+        if name is not None:
+            names.append(name)
+            annotation = _field_type(annotation, name)
+            value = value.get(name) if isinstance(value, dict) else None
+        elif index is not None:
+            names.append(index)
+            annotation = _container_arg(annotation, (list, tuple, set, frozenset), 0)
+            position = int(index)
+            value = value[position] if isinstance(value, list) and position < len(value) else None
+        else:
+            annotation = _container_arg(annotation, (dict,), 1)
+            found = quoted if unnamed is None else _first_refused_key(value, annotation)
+            if found is None:
+                break
+            names.append(found)
+            value = value.get(found) if isinstance(value, dict) else None
+    return names
+
+
+def _arms(annotation: Any) -> list[Any]:
+    """The members of a union (or the type itself), ``Annotated`` unwrapped."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _arms(get_args(annotation)[0])
+    if origin in (Union, types.UnionType):
+        return [arm for member in get_args(annotation) for arm in _arms(member)]
+    return [annotation]
+
+
+def _field_type(annotation: Any, name: str) -> Any:
+    for arm in _arms(annotation):
+        if isinstance(arm, type) and issubclass(arm, msgspec.Struct):
+            for field in msgspec.structs.fields(arm):
+                if field.encode_name == name:
+                    return field.type
+    return None
+
+
+def _container_arg(annotation: Any, origins: tuple[type, ...], position: int) -> Any:
+    for arm in _arms(annotation):
+        args = get_args(arm)
+        if get_origin(arm) in origins and len(args) > position:
+            return args[position]
+    return None
+
+
+def _first_refused_key(value: Any, value_type: Any) -> str | None:
+    if not isinstance(value, dict) or value_type is None:
+        return None
+    for key, item in value.items():
+        try:
+            msgspec.convert(item, value_type, strict=False)
+        except msgspec.ValidationError:
+            return str(key)
+    return None
 
 
 def create_app(settings: GatewaySettings, registry: Registry | None = None) -> Litestar:
@@ -420,7 +555,7 @@ def create_app(settings: GatewaySettings, registry: Registry | None = None) -> L
     authentication = DefineMiddleware(
         ApiKeyAuthentication, keyring=KeyRing(settings.api_keys), exclude=["^/schema"]
     )
-    return Litestar(
+    app = Litestar(
         middleware=[TracingMiddleware, authentication],
         route_handlers=[
             score,
@@ -437,6 +572,7 @@ def create_app(settings: GatewaySettings, registry: Registry | None = None) -> L
         plugins=[Gateway(settings, registry)],
         exception_handlers={
             GatewayError: _gateway_error,
+            AuditUnavailable: _store_error,
             ValidationException: _validation_error,
             HTTPException: _http_error,
             Exception: _internal_error,
@@ -445,3 +581,6 @@ def create_app(settings: GatewaySettings, registry: Registry | None = None) -> L
         template_config=ui_template_config(),
         signature_types=[Gateway],
     )
+    # Built once here (and cached by Litestar), so the served schema is the corrected one.
+    scalar_unions_as_type_lists(app.openapi_schema)
+    return app

@@ -12,10 +12,10 @@ from litestar.params import FromPath, Parameter
 from contracts.deadletters import DeadLetter, DeadLetterPage
 from gateway import metrics
 from gateway.auth import Principal, requires
-from gateway.errors import BadRequest, GatewayError, NotFound, Unavailable
+from gateway.errors import BadRequest, GatewayError, NotFound
 from gateway.observability import observe_breakers
-from writeback.audit_store import AuditUnavailable
-from writeback.dead_letters import NotDeadLettered
+from gateway.openapi import error_responses
+from writeback.dead_letters import BadDeadLetterCursor, NotDeadLettered
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -30,24 +30,33 @@ class Conflict(GatewayError):
 
 PageSize = Annotated[int, Parameter(ge=1, le=500, description="dead letters per page")]
 Cursor = Annotated[
-    str | None, Parameter(description="the next_cursor of the previous page", required=False)
+    str | None,
+    Parameter(
+        description="the next_cursor of the previous page",
+        required=False,
+        max_length=20,
+        pattern=r"^[0-9]*$",
+    ),
 ]
 
 
-@get("/dlq", opt=requires("operator"))
+@get("/dlq", opt=requires("operator"), responses=error_responses(503))
 async def dead_letters(
     gateway: NamedDependency[Gateway], limit: PageSize = 50, cursor: Cursor = None
 ) -> DeadLetterPage:
     """Outcome events in the dead-letter queue, oldest first, with their last error."""
     try:
         return await gateway.dead_letters.list(limit, cursor)
-    except ValueError as exc:
+    except BadDeadLetterCursor as exc:
         raise BadRequest(str(exc), field="cursor") from exc
-    except AuditUnavailable as exc:
-        raise Unavailable("the audit store is unavailable", field="audit") from exc
 
 
-@post("/dlq/{event_id:str}/redrive", status_code=200, opt=requires("operator"))
+@post(
+    "/dlq/{event_id:str}/redrive",
+    status_code=200,
+    opt=requires("operator"),
+    responses=error_responses(404, 409, 503),
+)
 async def redrive(
     event_id: FromPath[str],
     gateway: NamedDependency[Gateway],
@@ -62,8 +71,6 @@ async def redrive(
         letter = await gateway.dead_letters.redrive(event_id, request.user.key_id)
     except NotDeadLettered as exc:
         raise Conflict(str(exc), field="event_id", extra={"status": exc.status}) from exc
-    except AuditUnavailable as exc:
-        raise Unavailable("the audit store is unavailable", field="audit") from exc
     if letter is None:
         raise NotFound(f"no event {event_id}", field="event_id")
     return letter

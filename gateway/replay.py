@@ -11,7 +11,7 @@ from contracts.decisions import DecisionRecord
 from contracts.scoring import ModelRef
 from gateway.deadline import Deadline
 from gateway.errors import GatewayError
-from gateway.model_client import ModelClient
+from gateway.model_client import ModelClient, ModelRejected
 from gateway.registry import Registry
 from gateway.scoring import decide
 
@@ -59,12 +59,22 @@ class Replayer:
             )
         vector = [record.features[name].value for name in plan.vector]
         version = model_version or record.model.version
-        outputs = await self._models[plan.model.name].infer(
-            record.decision_id,
-            vector,  # type: ignore[arg-type]
-            Deadline(plan.model.deadline_ms / 1000),
-            version=version,
-        )
+        try:
+            outputs = await self._models[plan.model.name].infer(
+                record.decision_id,
+                vector,  # type: ignore[arg-type]
+                Deadline(plan.model.deadline_ms / 1000),
+                version=version,
+            )
+        except ModelRejected as exc:
+            if model_version is None:
+                raise
+            # The caller chose the version: one the model server lacks, or one that
+            # takes other inputs, is the caller's to change, not a fault of the gateway.
+            raise ReplayConflict(
+                f"version {model_version!r} cannot replay this decision: {exc.detail}",
+                field="model_version",
+            ) from exc
         label, _ = decide(plan.model.decision, outputs)
         original = ReplayOutcome(
             model=record.model, outputs=record.outputs, decision=record.decision

@@ -33,9 +33,10 @@ from litestar.types import ControllerRouterHandler
 
 from contracts.decisions import DecisionRecord
 from contracts.features import FeatureValue, Lineage
-from gateway.auditing import read_decision
+from gateway.auditing import read_decision, store_error, with_retry_after
 from gateway.auth import COOKIE, KeyRing, Principal
 from gateway.errors import GatewayError
+from writeback.audit_store import AuditUnavailable
 from writeback.decision_reads import BadCursor
 
 if TYPE_CHECKING:
@@ -381,7 +382,7 @@ async def decision_page(
     )
 
 
-def _error_page(status_code: int, detail: str) -> Template:
+def _error_page(status_code: int, detail: str, headers: dict[str, str] | None = None) -> Template:
     titles = {400: "Bad request", 403: "Not allowed", 404: "Not found", 503: "Unavailable"}
     return Template(
         "error.html",
@@ -391,6 +392,7 @@ def _error_page(status_code: int, detail: str) -> Template:
             "detail": detail,
         },
         status_code=status_code,
+        headers=headers,
     )
 
 
@@ -411,7 +413,11 @@ def _http_page(request: Request[Any, Any, Any], exc: HTTPException) -> Response[
 
 
 def _gateway_page(request: Request[Any, Any, Any], exc: GatewayError) -> Response[Any]:
-    return _error_page(exc.status_code, exc.detail)
+    return _error_page(exc.status_code, exc.detail, with_retry_after(exc))
+
+
+def _store_page(request: Request[Any, Any, Any], exc: AuditUnavailable) -> Response[Any]:
+    return _gateway_page(request, store_error(exc))
 
 
 def _internal_page(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
@@ -445,6 +451,7 @@ ui_handlers: list[ControllerRouterHandler] = [
             # The app's JSON answer to validation errors is more specific than HTTPException.
             ValidationException: _http_page,
             GatewayError: _gateway_page,
+            AuditUnavailable: _store_page,
             Exception: _internal_page,
         },
         # Pages may show PII: nothing is cached, framed or leaked through a referrer.

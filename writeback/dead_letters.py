@@ -73,6 +73,10 @@ SELECT
 """
 
 
+class BadDeadLetterCursor(ValueError):
+    """The cursor was not given out by :meth:`DeadLetterQueue.list`."""
+
+
 class NotDeadLettered(Exception):
     """A redrive of an event that is not in the dead-letter queue.
 
@@ -124,11 +128,15 @@ def _dead_letter(row: asyncpg.Record) -> DeadLetter:
     )
 
 
+# Cursors are outbox sequence numbers, a bigint.
+_MAX_SEQ = 2**63 - 1
+
+
 def _parse_cursor(cursor: str | None) -> int:
     if cursor is None or cursor == "":
         return 0
-    if not cursor.isdigit():
-        raise ValueError(f"bad cursor {cursor!r}")
+    if not (cursor.isascii() and cursor.isdigit()) or int(cursor) > _MAX_SEQ:
+        raise BadDeadLetterCursor(f"bad cursor {cursor!r}")
     return int(cursor)
 
 
@@ -155,7 +163,7 @@ class DeadLetterQueue:
             One page; ``next_cursor`` is None on the last.
 
         Raises:
-            ValueError: The cursor is not one this method gave out.
+            BadDeadLetterCursor: The cursor is not one this method gave out.
             AuditUnavailable: PostgreSQL could not be reached.
         """
         after = _parse_cursor(cursor)

@@ -1,23 +1,39 @@
-"""Reading decisions as an auditor: the access log of each decision and keyset search.
+"""Reading decisions as an auditor: the access log of each decision, keyset search and
+the hash chain's verification.
 
 Every read of a decision's context is recorded (who, when, how, why); search lists
 summaries only, newest first, with an opaque cursor over ``(decided_at, decision_id)``
-so that a page costs the same at the millionth row as at the first.
+so that a page costs the same at the millionth row as at the first. A failure of
+PostgreSQL surfaces as :class:`~writeback.audit_store.AuditUnavailable`, as it does
+from the audit store.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import uuid
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Literal
 
 import asyncpg
 import msgspec
 
-from contracts.audit import AccessEntry, AccessLog, DecisionPage, DecisionSummary, ReadVia
+from contracts.audit import (
+    AccessEntry,
+    AccessLog,
+    DecisionPage,
+    DecisionSummary,
+    ReadVia,
+    VerifyReport,
+)
 from contracts.decisions import Subject
 from contracts.scoring import ModelRef
+from writeback.audit_store import AuditUnavailable
+from writeback.seals import verify
+
+_STORE_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 _RECORD_READ = """
 INSERT INTO decision_reads (decision_id, key_id, via, purpose) VALUES ($1, $2, $3, $4)
@@ -79,8 +95,20 @@ def decode_cursor(cursor: str) -> _Cursor:
     return position
 
 
+@contextlib.contextmanager
+def _unavailable_on_error(action: str) -> Iterator[None]:
+    try:
+        yield
+    except _STORE_ERRORS as exc:
+        raise AuditUnavailable(f"could not {action}", exc) from exc
+
+
 class DecisionReads:
-    """The access log and decision search, on the shared pool."""
+    """The access log, decision search and chain verification, on the shared pool.
+
+    Every method raises :class:`~writeback.audit_store.AuditUnavailable` when
+    PostgreSQL cannot be reached or refuses the statement.
+    """
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
@@ -89,11 +117,13 @@ class DecisionReads:
         self, decision_id: str, key_id: str, via: ReadVia, purpose: str | None
     ) -> None:
         """Record one read of a decision's context."""
-        await self._pool.execute(_RECORD_READ, uuid.UUID(decision_id), key_id, via, purpose)
+        with _unavailable_on_error("record the read"):
+            await self._pool.execute(_RECORD_READ, uuid.UUID(decision_id), key_id, via, purpose)
 
     async def access_log(self, decision_id: str) -> AccessLog:
         """Every recorded read of a decision, oldest first."""
-        rows = await self._pool.fetch(_ACCESS_LOG, uuid.UUID(decision_id))
+        with _unavailable_on_error("read the access log"):
+            rows = await self._pool.fetch(_ACCESS_LOG, uuid.UUID(decision_id))
         return AccessLog(
             decision_id=decision_id,
             entries=[
@@ -121,17 +151,18 @@ class DecisionReads:
     ) -> DecisionPage:
         """One page of decisions matching every given filter, newest first."""
         after = decode_cursor(cursor) if cursor else None
-        rows = await self._pool.fetch(
-            _SEARCH,
-            subject,
-            model,
-            since,
-            until,
-            after.decided_at if after else None,
-            after.decision_id if after else None,
-            status,
-            limit + 1,
-        )
+        with _unavailable_on_error("search decisions"):
+            rows = await self._pool.fetch(
+                _SEARCH,
+                subject,
+                model,
+                since,
+                until,
+                after.decided_at if after else None,
+                after.decision_id if after else None,
+                status,
+                limit + 1,
+            )
         items = [
             DecisionSummary(
                 decision_id=str(row["decision_id"]),
@@ -152,3 +183,8 @@ class DecisionReads:
             last = items[-1]
             next_cursor = encode_cursor(last.decided_at, last.decision_id)
         return DecisionPage(items=items, next_cursor=next_cursor)
+
+    async def verify(self, since: datetime | None = None) -> VerifyReport:
+        """Walk the hash chain (from the last seal before ``since``) and check it."""
+        with _unavailable_on_error("verify the hash chain"):
+            return await verify(self._pool, since)

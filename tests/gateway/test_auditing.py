@@ -133,7 +133,9 @@ async def test_replay_matches_and_writes_nothing_but_the_read(
     unknown = await client.post(
         f"/decisions/{decision_id}/replay", json={"model_version": "99"}, headers=operator
     )
-    assert unknown.status_code == 502
+    # The caller chose a version the model server lacks: theirs to change, not a 5xx.
+    assert unknown.status_code == 409
+    assert unknown.json()["field"] == "model_version"
     after = (
         await pg.fetchval("SELECT count(*) FROM decisions"),
         await pg.fetchval("SELECT count(*) FROM outbox"),

@@ -310,7 +310,7 @@ async def test_concurrent_pushes_keep_the_newest(
         ({"entities": {}}, "entities"),
         ({"event_time": "yesterday"}, "event_time"),
         ({"event_time": "2026-01-01T00:00:00"}, "event_time"),
-        ({"lineage": {"source_system": "x"}}, "lineage"),
+        ({"lineage": {"source_system": "x"}}, "lineage.source_ref"),
         ({"colour": "red"}, "colour"),
     ],
 )

@@ -1,0 +1,76 @@
+"""Bad input is the caller's: a 400 naming the field, never a 5xx, over real HTTP."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import bearer
+from tests.gateway.test_score import body, seed
+
+pytestmark = pytest.mark.services
+
+Client = httpx.AsyncClient
+
+
+def blamed(response: httpx.Response) -> Any:
+    assert response.status_code == 400, response.text
+    return response.json().get("field")
+
+
+async def test_a_wrong_value_in_a_dict_names_its_key(client: Client) -> None:
+    wrong_context = body(context={"amount": [120.5], "card_present": False})
+    assert blamed(await client.post("/score", json=wrong_context)) == "context.amount"
+    wrong_entity = {**body(), "entities": {"customer_id": "c-1", "merchant_id": 7}}
+    assert blamed(await client.post("/score", json=wrong_entity)) == "entities.merchant_id"
+
+
+async def test_missing_and_unknown_fields_are_named_where_they_are(client: Client) -> None:
+    missing = {"entities": {"customer_id": "c-1", "merchant_id": "m-1"}}
+    assert blamed(await client.post("/score", json=missing)) == "model"
+    push = {
+        "entities": {"customer_id": "c-1"},
+        "features": {"txn_count_30m": 1},
+        "event_time": "2026-01-01T00:00:00Z",
+        "lineage": {"source_system": "s", "source_ref": "r", "surprise": 1},
+    }
+    assert blamed(await client.post("/features/push", json=push)) == "lineage.surprise"
+    assert blamed(await client.post("/score", json=[1, 2])) is None
+
+
+async def test_a_header_is_named_as_the_caller_sends_it(client: Client) -> None:
+    response = await client.post("/score", json=body(), headers={"X-Request-Timeout-Ms": "soon"})
+    assert blamed(response) == "X-Request-Timeout-Ms"
+
+
+async def test_search_filters_postgresql_cannot_compare_are_refused(client: Client) -> None:
+    for name in ("subject", "model"):
+        response = await client.get("/decisions", params={name: "c-1\x00"})
+        assert blamed(response) == name
+    response = await client.get("/decisions", params={"cursor": "not a cursor!"})
+    assert blamed(response) == "cursor"
+
+
+async def test_a_dead_letter_cursor_past_a_bigint_is_refused(client: Client) -> None:
+    response = await client.get("/dlq", params={"cursor": "9" * 19})
+    assert blamed(response) == "cursor"
+    assert (await client.get("/dlq", params={"cursor": "12"})).status_code == 200
+
+
+async def test_a_rollback_reason_postgresql_cannot_store_is_a_400(client: Client) -> None:
+    await seed(client, "c-bad", "m-bad", timedelta(seconds=5))
+    scored = await client.post("/score", json=body("c-bad", "m-bad"))
+    decision_id = scored.json()["decision_id"]
+    response = await client.post(
+        f"/decisions/{decision_id}/rollback",
+        json={"reason": "typed a \x00 by mistake"},
+        headers=bearer("operator"),
+    )
+    assert response.status_code == 400, response.text
+    fixed = await client.post(
+        f"/decisions/{decision_id}/rollback", json={"reason": "typo"}, headers=bearer("operator")
+    )
+    assert fixed.status_code == 200
