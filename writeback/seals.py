@@ -76,21 +76,24 @@ SELECT $3::bigint + c.n, t.decision_id, t.committed_at,
 FROM unnest(string_to_array($2, ',')::bigint[]) WITH ORDINALITY AS c (queued, n)
 JOIN taken AS t ON t.seq = c.queued
 """
-# Whether a missing record went with a partition retention dropped is decided in the
-# batch's own snapshot, so a drop while a long walk runs excuses its records rather
-# than reporting them missing.
+# The batch is limited before the join: over the whole table the planner expects
+# half the chain and plans parallel workers per batch, and this way the join keeps
+# the seals' order, so nothing sorts the records. Whether a missing record went with
+# a partition retention dropped is decided in the batch's own snapshot, so a drop
+# while a long walk runs excuses its records rather than reporting them missing.
 _WALK = """
 SELECT s.seq, s.decision_id, s.prev_hash, s.hash,
        convert_to(d.record::text, 'UTF8') AS record,
        d.decision_id IS NULL
            AND coalesce(s.committed_at < (SELECT min(committed_at) FROM decisions), false)
            AS retained_away
-FROM decision_seals AS s
+FROM (
+    SELECT seq, decision_id, committed_at, prev_hash, hash
+    FROM decision_seals WHERE seq > $1 ORDER BY seq LIMIT $2
+) AS s
 LEFT JOIN decisions AS d
        ON d.decision_id = s.decision_id AND d.committed_at = s.committed_at
-WHERE s.seq > $1
 ORDER BY s.seq
-LIMIT $2
 """
 _START = """
 SELECT seq, hash FROM decision_seals WHERE committed_at < $1 ORDER BY seq DESC LIMIT 1

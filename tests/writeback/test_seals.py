@@ -133,8 +133,9 @@ async def test_a_long_verify_leaves_the_event_loop_free(pool: asyncpg.Pool) -> N
 
     assert report.ok is True
     assert report.checked == 20_000
-    # Hashing on the loop held it for a whole batch (over a tenth of the work here).
-    assert longest_share < 0.01, f"the loop was held for {longest_share:.1%} of the verify"
+    # Hashing on the loop held it for a whole batch, a tenth of the work here; what is
+    # left on the loop is decoding rows as they arrive, a fraction of a percent.
+    assert longest_share < 0.02, f"the loop was held for {longest_share:.1%} of the verify"
 
 
 async def test_sealing_a_large_batch_leaves_the_event_loop_free(pool: asyncpg.Pool) -> None:
@@ -145,7 +146,8 @@ async def test_sealing_a_large_batch_leaves_the_event_loop_free(pool: asyncpg.Po
 
     assert sealed == 5000
     assert (await verify(pool)).checked == 5000
-    assert longest_share < 0.05, f"the loop was held for {longest_share:.1%} of the pass"
+    # Hashing and encoding the batch on the loop held it for some 30% of the pass.
+    assert longest_share < 0.08, f"the loop was held for {longest_share:.1%} of the pass"
 
 
 async def test_verify_walks_batch_by_batch_and_names_the_first_bad_record(
