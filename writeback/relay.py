@@ -587,7 +587,10 @@ class OutboxRelay:
                 await self._sleep(delay)
                 continue
             failures = 0
-            if handled >= self._config.relay_batch_size:
+            if handled:
+                # The next event of each key handled may be due now (it waited for its
+                # head): look again at once, not after a poll interval per event of a
+                # busy key. Only a cycle that finds nothing waits.
                 continue
             if self._listening:
                 self._idle.set()

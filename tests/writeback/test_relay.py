@@ -572,3 +572,27 @@ async def test_outcomes_that_could_not_be_recorded_are_recorded_next_without_a_r
     assert (row["status"], row["attempts"], row["claimed_by"]) == ("delivered", 1, None)
     messages = await consume(config.kafka_bootstrap, config.topic, expected=1)
     assert [dict(m.headers)["ce_subject"].decode() for m in messages] == [record.decision_id]
+
+
+async def test_a_busy_key_drains_without_a_poll_interval_per_event(
+    store: AuditStore,
+    pool: asyncpg.Pool,
+    config: WritebackConfig,
+    make_relay: Callable[[WritebackConfig], Awaitable[OutboxRelay]],
+) -> None:
+    # One key's events go one per cycle (each waits for the one before it): with a
+    # poll between cycles, five events would take four minutes.
+    records = [make_record(customer="c-busy") for _ in range(5)]
+    for record in records:
+        await commit(store, record)
+    relay = await make_relay(msgspec.structs.replace(config, relay_poll_interval_ms=60_000))
+    await relay.start()
+
+    async with asyncio.timeout(30):
+        while await pool.fetchval("SELECT count(*) FROM outbox WHERE status <> 'delivered'"):
+            await asyncio.sleep(0.05)
+    messages = await consume(config.kafka_bootstrap, config.topic, expected=5)
+    ordered = sorted(messages, key=lambda m: m.offset)
+    assert [dict(m.headers)["ce_subject"].decode() for m in ordered] == [
+        record.decision_id for record in records
+    ]
