@@ -39,6 +39,7 @@ from contracts.registry import RegistryFile
 from contracts.scoring import ErrorBody, ScoreRequest, ScoreResponse
 from gateway.auditing import (
     PurposeHeader,
+    as_answered,
     audit_handlers,
     caused_by,
     read_decision,
@@ -408,6 +409,7 @@ async def ready(gateway: GatewayDep) -> Response[Readiness]:
 
 
 def _gateway_error(_: Request[Any, Any, Any], exc: GatewayError) -> Response[ErrorBody]:
+    exc = as_answered(exc)
     body = ErrorBody(
         status_code=exc.status_code, detail=exc.detail, field=exc.field, extra=exc.extra
     )

@@ -1,4 +1,5 @@
-"""Auditor and operator routes over decisions: search, access log, replay, verify.
+"""Auditor and operator routes over decisions: search, access log, replay, verify; and
+how every route answers a failure of PostgreSQL.
 
 Every read of a decision's context (``GET /decisions/{id}``, the decision page, a
 replay) is recorded with the caller's key id and the ``X-Purpose`` header.
@@ -61,6 +62,18 @@ def store_error(exc: AuditUnavailable) -> GatewayError:
         field="audit",
         headers={"Retry-After": str(RETRY_AFTER_S)},
     )
+
+
+def as_answered(exc: GatewayError) -> GatewayError:
+    """The error to answer: one PostgreSQL refused for a value of the caller is a 400.
+
+    A route may wrap the audit store's failure in an error of its own (``/score``
+    does); a value PostgreSQL cannot hold (a NUL in a text) is still the caller's.
+    """
+    store = caused_by(exc, AuditUnavailable)
+    if isinstance(store, AuditUnavailable) and isinstance(store.cause, asyncpg.DataError):
+        return store_error(store)
+    return exc
 
 
 def with_retry_after(exc: GatewayError) -> dict[str, str]:

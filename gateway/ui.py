@@ -33,7 +33,7 @@ from litestar.types import ControllerRouterHandler
 
 from contracts.decisions import DecisionRecord
 from contracts.features import FeatureValue, Lineage
-from gateway.auditing import read_decision, store_error, with_retry_after
+from gateway.auditing import as_answered, read_decision, store_error, with_retry_after
 from gateway.auth import COOKIE, KeyRing, Principal
 from gateway.errors import GatewayError
 from writeback.audit_store import AuditUnavailable
@@ -413,6 +413,7 @@ def _http_page(request: Request[Any, Any, Any], exc: HTTPException) -> Response[
 
 
 def _gateway_page(request: Request[Any, Any, Any], exc: GatewayError) -> Response[Any]:
+    exc = as_answered(exc)
     return _error_page(exc.status_code, exc.detail, with_retry_after(exc))
 
 

@@ -74,3 +74,9 @@ async def test_a_rollback_reason_postgresql_cannot_store_is_a_400(client: Client
         f"/decisions/{decision_id}/rollback", json={"reason": "typo"}, headers=bearer("operator")
     )
     assert fixed.status_code == 200
+
+
+async def test_a_request_id_postgresql_cannot_store_is_a_400(client: Client) -> None:
+    await seed(client, "c-bad", "m-bad", timedelta(seconds=5))
+    response = await client.post("/score", json=body("c-bad", "m-bad", request_id="r-\x00"))
+    assert response.status_code == 400, response.text
