@@ -282,8 +282,9 @@ class OutboxRelay:
             How many events were handled (published, dead-lettered or failed).
 
         Raises:
-            asyncpg.PostgresError: PostgreSQL failed; what was claimed and not
-                recorded stays claimed by this relay until its lease runs out.
+            asyncpg.PostgresError: PostgreSQL failed. Events published but not
+                recorded stay claimed by this relay, which records them on its next
+                call; if it stops first, they are claimable once the lease runs out.
             OSError: PostgreSQL could not be reached, or no pooled connection was
                 free in time (``TimeoutError``).
             TimeoutError: Publishing outlived the lease; the claims were given up.
