@@ -12,11 +12,13 @@ gateway processes can commit at once, and one sealer at a time (an advisory lock
 extends the single chain. Records younger than the sealer's last pass are reported
 as unsealed rather than checked.
 
-Both run inside the gateway's process, beside ``/score``: the hashing (CPU work,
-thousands of records a batch) runs on a thread of its own, so the event loop only
-waits for it, and :func:`verify` walks the chain in keyset batches, each read on a
-pooled connection it gives back before hashing, so a walk of millions of records
-holds no connection or transaction for long and keeps one batch in memory.
+Both run inside the gateway's process, beside ``/score``, so neither does long work on
+its event loop. The sealer hashes its batch on a thread of its own. :func:`verify`
+walks the chain in keyset batches that PostgreSQL checks where the records are (the
+same SHA-256 over the same bytes), one query per batch on a pooled connection, so a
+walk of millions of records holds no connection or transaction for long, keeps
+nothing of the chain in memory but the hash it has reached, and leaves the loop
+free.
 """
 
 from __future__ import annotations
@@ -39,16 +41,15 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 GENESIS = bytes(32)
-WALK_BATCH = 1000
-"""Seals :func:`verify` reads and checks per round trip."""
-# One thread for all chain hashing in the process: sealing and any number of verifies
-# queue for it, so together they take at most one core's worth from the gateway.
-# hashlib lets go of the interpreter lock while it hashes a record (over 2 kB), so the
-# loop's thread gets it back within microseconds.
+WALK_BATCH = 5000
+"""Seals :func:`verify` has the database check per query."""
+# The sealer's hashing thread, one for the process. hashlib lets go of the interpreter
+# lock while it hashes a record (over 2 kB), so the loop's thread gets it back within
+# microseconds.
 _HASHING = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scoregate-seals")
 
-# Records travel as their UTF-8 bytes (what is hashed), and only the columns the client
-# needs travel at all: decoding and encoding rows is the part of the work that stays
+# Records travel as their UTF-8 bytes (what is hashed), and only the columns the sealer
+# needs travel at all: decoding and encoding rows is the part of its work that stays
 # on the event loop, and timestamps and text are the dear ones.
 _LOCK = "SELECT pg_try_advisory_xact_lock(hashtext('scoregate_decision_seals'))"
 _HEAD = "SELECT seq, hash FROM decision_seals ORDER BY seq DESC LIMIT 1"
@@ -76,24 +77,46 @@ SELECT $3::bigint + c.n, t.decision_id, t.committed_at,
 FROM unnest(string_to_array($2, ',')::bigint[]) WITH ORDINALITY AS c (queued, n)
 JOIN taken AS t ON t.seq = c.queued
 """
-# The batch is limited before the join: over the whole table the planner expects
-# half the chain and plans parallel workers per batch, and this way the join keeps
-# the seals' order, so nothing sorts the records. Whether a missing record went with
-# a partition retention dropped is decided in the batch's own snapshot, so a drop
-# while a long walk runs excuses its records rather than reporting them missing.
+# verify checks a batch in the database, where the records are: PostgreSQL hashes each
+# record with its seal's prev_hash (the same bytes the sealer hashed) and compares,
+# checks that each seal links to the one before (the first to ``$3``, the hash the
+# walk has reached), and sends back one row: the first that fails, or else the last.
+# Only that row crosses the wire, so a walk of a million records costs the gateway's
+# event loop a few hundred small answers instead of decoding gigabytes of records.
+# The batch is limited before the join (over the whole table the planner expects half
+# the chain and plans parallel workers for every batch). Whether a missing record
+# went with a partition retention dropped is decided in the batch's own snapshot, so
+# a drop while a long walk runs excuses its records rather than reporting them.
 _WALK = """
-SELECT s.seq, s.decision_id, s.prev_hash, s.hash,
-       convert_to(d.record::text, 'UTF8') AS record,
-       d.decision_id IS NULL
-           AND coalesce(s.committed_at < (SELECT min(committed_at) FROM decisions), false)
-           AS retained_away
-FROM (
-    SELECT seq, decision_id, committed_at, prev_hash, hash
-    FROM decision_seals WHERE seq > $1 ORDER BY seq LIMIT $2
-) AS s
-LEFT JOIN decisions AS d
-       ON d.decision_id = s.decision_id AND d.committed_at = s.committed_at
-ORDER BY s.seq
+WITH batch AS (
+    SELECT seq, decision_id, committed_at, prev_hash, hash,
+           coalesce(lag(hash) OVER w, $3::bytea) AS chain_prev,
+           row_number() OVER w AS n,
+           count(*) OVER () AS size
+    FROM (
+        SELECT seq, decision_id, committed_at, prev_hash, hash
+        FROM decision_seals WHERE seq > $1 ORDER BY seq LIMIT $2
+    ) AS s
+    WINDOW w AS (ORDER BY seq)
+), checked AS (
+    SELECT b.seq, b.decision_id, b.hash, b.chain_prev, b.n, b.size,
+           CASE
+               WHEN b.prev_hash <> b.chain_prev THEN 'seal does not link to the previous seal'
+               WHEN d.decision_id IS NULL THEN
+                   CASE WHEN b.committed_at < (SELECT min(committed_at) FROM decisions)
+                        THEN NULL ELSE 'record is missing' END
+               WHEN pg_catalog.sha256(b.prev_hash || convert_to(d.record::text, 'UTF8'))
+                    <> b.hash THEN 'record does not match its seal'
+           END AS problem
+    FROM batch AS b
+    LEFT JOIN decisions AS d
+           ON d.decision_id = b.decision_id AND d.committed_at = b.committed_at
+)
+SELECT seq, decision_id, hash, chain_prev, n, size, problem
+FROM checked
+WHERE problem IS NOT NULL OR n = size
+ORDER BY n
+LIMIT 1
 """
 _START = """
 SELECT seq, hash FROM decision_seals WHERE committed_at < $1 ORDER BY seq DESC LIMIT 1
@@ -195,41 +218,17 @@ async def verify(
         if start is not None:
             seq, prev = start["seq"], bytes(start["hash"])
     checked = 0
-    while rows := await pool.fetch(_WALK, seq, batch):
-        passed, prev, problem = await _off_loop(_walk, rows, prev)
-        checked += passed
-        if problem is not None:
+    while (row := await pool.fetchrow(_WALK, seq, batch, prev)) is not None:
+        if row["problem"] is not None:
             return VerifyReport(
                 ok=False,
-                checked=checked,
+                checked=checked + row["n"] - 1,
                 unsealed=await pool.fetchval(_UNSEALED_COUNT),
-                first_mismatch=str(rows[passed]["decision_id"]),
-                reason=problem,
-                chain_head=prev.hex(),
+                first_mismatch=str(row["decision_id"]),
+                reason=row["problem"],
+                chain_head=bytes(row["chain_prev"]).hex(),
             )
-        seq = rows[-1]["seq"]
+        checked += row["size"]
+        seq, prev = row["seq"], bytes(row["hash"])
     unsealed = await pool.fetchval(_UNSEALED_COUNT)
     return VerifyReport(ok=True, checked=checked, unsealed=unsealed, chain_head=prev.hex())
-
-
-def _walk(rows: Sequence[asyncpg.Record], prev: bytes) -> tuple[int, bytes, str | None]:
-    """Check a batch of seals that follows ``prev``: how many hold, the last good
-    hash, and what is wrong with the next one, if anything."""
-    for passed, row in enumerate(rows):
-        problem = _check(row, prev)
-        if problem is not None:
-            return passed, prev, problem
-        prev = bytes(row["hash"])
-    return len(rows), prev, None
-
-
-def _check(row: asyncpg.Record, prev: bytes) -> str | None:
-    if bytes(row["prev_hash"]) != prev:
-        return "seal does not link to the previous seal"
-    if row["record"] is None:
-        if row["retained_away"]:
-            return None  # dropped by retention with its whole partition
-        return "record is missing"
-    if link(prev, row["record"]) != bytes(row["hash"]):
-        return "record does not match its seal"
-    return None
