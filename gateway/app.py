@@ -102,7 +102,10 @@ class Gateway(InitPluginProtocol):
         self.settings = settings
         self.registry = registry or load_registry(settings.registry_path)
         self.store = OnlineStore.from_url(
-            settings.redis_url, settings.redis_prefix, self.registry.file.online_store
+            settings.redis_url,
+            settings.redis_prefix,
+            self.registry.file.online_store,
+            max_connections=settings.redis_max_connections,
         )
         self.publisher = KafkaPublisher(settings.writeback)
         self._session: aiohttp.ClientSession | None = None

@@ -5,10 +5,16 @@ of its own: ``breaker.call(async_fn)`` would count an un-awaited coroutine as a
 success, and its half-open state lets every caller through. :class:`DependencyBreaker`
 keeps pybreaker's states and listeners and adds what a coroutine needs:
 
-- the call is awaited inside the guard, so failures and timeouts count;
-- cancellation of our own request counts neither way;
+- the call is awaited inside the guard, so failures and the dependency's own timeouts
+  count;
+- what the request did to itself counts neither way: its cancellation, and a timeout
+  that its deadline (:class:`~gateway.deadline.DeadlineReached`) rather than the
+  dependency's own limit caused;
 - answers that are not failures (a source's 404) count as successes;
-- half-open admits exactly one probe; everyone else takes the open path.
+- half-open admits exactly one probe; everyone else takes the open path; a probe that
+  ends without a verdict frees the slot for the next caller;
+- the reset timeout is measured on a clock of the breaker's own (monotonic, and
+  injectable), not on pybreaker's wall-clock ``opened_at``.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Any
 import pybreaker
 
 from contracts.registry import BreakerPolicy
+from gateway.deadline import DeadlineReached
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +53,18 @@ class _StateLog(pybreaker.CircuitBreakerListener):
         )
 
 
+class _OpenedAt(pybreaker.CircuitBreakerListener):
+    """Notes, on the breaker's clock, when the circuit last opened."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.at: float | None = None
+
+    def state_change(self, cb: pybreaker.CircuitBreaker, old: Any, new: Any) -> None:
+        if getattr(new, "name", new) == pybreaker.STATE_OPEN:
+            self.at = self.clock()
+
+
 def _never(exc: BaseException) -> bool:
     return False
 
@@ -55,6 +74,12 @@ class DependencyBreaker:
 
     Use as ``async with breaker.guard(): await call()``. Exceptions for which
     ``is_answer(exc)`` is true are answers from a healthy dependency, not failures.
+
+    Args:
+        name: the dependency, in logs and ``/health/ready``.
+        policy: failures to open, time before a probe, successes to close.
+        is_answer: which exceptions are answers rather than failures.
+        clock: seconds on a monotonic clock; the reset timeout is measured on it.
     """
 
     def __init__(
@@ -62,18 +87,32 @@ class DependencyBreaker:
         name: str,
         policy: BreakerPolicy,
         is_answer: Callable[[BaseException], bool] = _never,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.name = name
         self._is_answer = is_answer
         self._reset_timeout_s = policy.reset_timeout_ms / 1000
+        self._opened = _OpenedAt(clock)
         self._cb = pybreaker.CircuitBreaker(
             fail_max=policy.fail_max,
             reset_timeout=self._reset_timeout_s,
             success_threshold=policy.success_threshold,
             name=name,
-            listeners=[_StateLog()],
+            listeners=[_StateLog(), self._opened],
         )
         self._probing = False
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The clock the reset timeout is measured on."""
+        return self._opened.clock
+
+    @clock.setter
+    def clock(self, clock: Callable[[], float]) -> None:
+        # A breaker that is open stays open for its full reset timeout on the new clock.
+        if self._opened.at is not None:
+            self._opened.at = clock()
+        self._opened.clock = clock
 
     @property
     def state(self) -> str:
@@ -86,11 +125,10 @@ class DependencyBreaker:
         return int(self._cb.fail_counter)
 
     def _retry_after(self) -> float:
-        opened_at = self._cb._state_storage.opened_at
+        opened_at = self._opened.at
         if opened_at is None:
             return self._reset_timeout_s
-        elapsed = time.time() - opened_at.timestamp()
-        return max(0.0, self._reset_timeout_s - elapsed)
+        return max(0.0, self._reset_timeout_s - (self._opened.clock() - opened_at))
 
     def _admit(self) -> bool:
         """Decide whether a call may go ahead; True when it is the half-open probe."""
@@ -129,7 +167,8 @@ class DependencyBreaker:
         probe = self._admit()
         try:
             yield
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, DeadlineReached):
+            # The request gave up or ran out of time: no verdict on the dependency.
             raise
         except Exception as exc:
             if self._is_answer(exc):

@@ -26,7 +26,7 @@ from contracts.features import FeatureScalar
 from contracts.inference import Datatype, InferError, InferInput, InferRequest, InferResponse
 from contracts.registry import DType, Model
 from gateway.breaker import BreakerOpen, DependencyBreaker
-from gateway.deadline import Deadline
+from gateway.deadline import Deadline, DeadlineReached
 from gateway.errors import DeadlineExceeded, GatewayError, Unavailable
 from gateway.observability import inject, stage
 from gateway.retries import call_with_retries
@@ -55,6 +55,9 @@ class _Transient(Exception):
 
 _RETRY_TRANSIENT = retry_if_exception_type(_Transient)
 
+# Slots of a model client whose session sets no connection limit.
+_UNLIMITED = 1 << 30
+
 
 def _flatten(data: Sequence[Any]) -> Iterator[Any]:
     for item in data:
@@ -80,6 +83,12 @@ class ModelClient:
         self._ready_url = f"{model.endpoint.rstrip('/')}/v2/health/ready"
         self._timeout_s = model.timeout_ms / 1000
         self.breaker = DependencyBreaker(f"model:{model.name}", model.breaker)
+        # As many calls at once as the session has connections for the model's host,
+        # so that a call waits for one under the request's deadline, not inside the
+        # model's own timeout, where the wait would be blamed on the model.
+        connector = session.connector
+        limit = (connector.limit_per_host or connector.limit) if connector is not None else 0
+        self._connections = asyncio.Semaphore(limit or _UNLIMITED)
         self._stop = stop_after_attempt(model.retry.attempts)
         self._wait = wait_exponential_jitter(
             multiplier=model.retry.backoff_ms / 1000, max=model.retry.max_backoff_ms / 1000
@@ -154,12 +163,16 @@ class ModelClient:
 
     async def _post_once(self, url: str, body: bytes, deadline: Deadline) -> InferResponse:
         headers = inject({"content-type": "application/json"})
-        async with self.breaker.guard():
+        async with self.breaker.guard(), deadline.holding(self._connections):
             try:
-                async with asyncio.timeout(deadline.within(self._timeout_s)):
-                    async with self._session.post(url, data=body, headers=headers) as response:
-                        raw = await response.read()
-                        status = response.status
+                async with (
+                    deadline.limit(self._timeout_s),
+                    self._session.post(url, data=body, headers=headers) as response,
+                ):
+                    raw = await response.read()
+                    status = response.status
+            except DeadlineReached:
+                raise  # the request's budget ran out, not the model's timeout: a 504
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise _Transient(str(exc) or type(exc).__name__) from exc
             if status >= 500:

@@ -30,6 +30,12 @@ class GatewaySettings(msgspec.Struct, frozen=True, kw_only=True):
         metrics_public: serve ``/metrics`` without a key (``SCOREGATE_METRICS_PUBLIC``).
         max_in_flight: ``/score`` requests one process works on at once; more are
             refused at once with 503 and ``Retry-After`` (``SCOREGATE_MAX_IN_FLIGHT``).
+        redis_max_connections: connections the online store opens at most
+            (``SCOREGATE_REDIS_MAX_CONNECTIONS``). A command that finds them all in use
+            waits for one within its request's deadline, and the wait is not held
+            against Redis. A read holds a connection for one round trip, a small part
+            of a request, so far fewer than ``max_in_flight`` keep every admitted
+            request served; a burst then opens at most this many connections at once.
     """
 
     registry_path: Path
@@ -42,6 +48,7 @@ class GatewaySettings(msgspec.Struct, frozen=True, kw_only=True):
     pii_key: bytes | None = None
     metrics_public: bool = True
     max_in_flight: int = 512
+    redis_max_connections: int = 64
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> GatewaySettings:
@@ -65,6 +72,7 @@ class GatewaySettings(msgspec.Struct, frozen=True, kw_only=True):
             pii_key=pii_key.encode() if pii_key else None,
             metrics_public=_flag(env.get("SCOREGATE_METRICS_PUBLIC", "true")),
             max_in_flight=_positive(env, "SCOREGATE_MAX_IN_FLIGHT", 512),
+            redis_max_connections=_positive(env, "SCOREGATE_REDIS_MAX_CONNECTIONS", 64),
             registry_path=Path(registry),
             redis_url=env.get("SCOREGATE_REDIS_URL", "redis://127.0.0.1:6379/0"),
             redis_prefix=env.get("SCOREGATE_REDIS_PREFIX", "sg"),

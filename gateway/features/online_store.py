@@ -4,6 +4,10 @@ Each field holds a msgpack array: the value, its event time and ingest time (epo
 milliseconds) and its lineage, so one ``HMGET`` returns everything a decision needs
 to say how fresh a value is and where it came from. Writes go through a Lua script
 that compares event times, so an older value never overwrites a newer one.
+
+Connections come from a bounded pool. A command waits for a free connection within the
+request's deadline, and that wait is not Redis's fault: only the command itself runs
+under the store's timeout and counts for or against the breaker.
 """
 
 from __future__ import annotations
@@ -22,7 +26,10 @@ from redis.retry import Retry
 from contracts.features import FeatureScalar, Lineage
 from contracts.registry import OnlineStoreSpec
 from gateway.breaker import BreakerOpen, DependencyBreaker
-from gateway.deadline import Deadline
+from gateway.deadline import Deadline, DeadlineReached
+
+SOCKET_TIMEOUT_S = 1.0
+"""Bound of one connection attempt and of one socket read, below the store's own timeout."""
 
 
 class StoredValue(msgspec.Struct, array_like=True, frozen=True):
@@ -109,30 +116,53 @@ EntityRead = tuple[str, str, Sequence[str]]
 
 
 class OnlineStore:
-    """Feature values in Redis, read for many entities in one round trip."""
+    """Feature values in Redis, read for many entities in one round trip.
 
-    def __init__(self, client: aioredis.Redis, prefix: str, spec: OnlineStoreSpec) -> None:
+    Args:
+        client: a Redis client whose pool holds at most ``max_connections``.
+        prefix: prefix of every key.
+        spec: the registry's timeout and breaker for the store.
+        max_connections: commands in flight at once; more wait for a connection.
+    """
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        prefix: str,
+        spec: OnlineStoreSpec,
+        max_connections: int,
+    ) -> None:
         self._client = client
+        self._pool = client.connection_pool
         self._prefix = prefix
         self._timeout_s = spec.timeout_ms / 1000
         self._compare_and_set = client.register_script(_COMPARE_AND_SET)
         self.breaker = DependencyBreaker("online_store", spec.breaker)
+        # One slot per pooled connection, so that the wait for a connection happens
+        # here, under the caller's deadline, and never inside the pool under the
+        # store's timeout.
+        self._slots = asyncio.Semaphore(max_connections)
 
     @classmethod
-    def from_url(cls, url: str, prefix: str, spec: OnlineStoreSpec) -> OnlineStore:
-        """Connect (lazily) to the Redis at ``url``.
+    def from_url(
+        cls, url: str, prefix: str, spec: OnlineStoreSpec, max_connections: int
+    ) -> OnlineStore:
+        """Connect (lazily) to the Redis at ``url`` with a pool of ``max_connections``.
 
         redis-py's own retries are off: a failed read goes to the sources at once,
-        and the breaker, not a retry loop, decides when to try Redis again.
+        and the breaker, not a retry loop, decides when to try Redis again. The pool
+        blocks rather than failing when every connection is in use; connections are
+        opened only as concurrency needs them.
         """
-        client = aioredis.Redis.from_url(
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
-            socket_timeout=1.0,
-            socket_connect_timeout=1.0,
-            max_connections=64,
+            max_connections=max_connections,
+            timeout=None,
+            socket_timeout=SOCKET_TIMEOUT_S,
+            socket_connect_timeout=SOCKET_TIMEOUT_S,
             retry=Retry(NoBackoff(), 0),
         )
-        return cls(client, prefix, spec)
+        return cls(aioredis.Redis.from_pool(pool), prefix, spec, max_connections)
 
     def key(self, entity: str, entity_id: str) -> str:
         """The hash that holds one entity's features."""
@@ -143,19 +173,30 @@ class OnlineStore:
     ) -> list[dict[str, StoredValue]]:
         """Stored values for each entity read, in one round trip (a pipeline of HMGETs).
 
-        The read spends at most the store's timeout, cut to what the request has left.
+        The read first waits for a connection (and opens it if the pool has none open)
+        within the request's deadline; then the round trip spends at most the store's
+        timeout, cut to what the request has left.
         """
+        commands = [
+            ("HMGET", self.key(entity, entity_id), *names) for entity, entity_id, names in reads
+        ]
         rows: list[list[bytes | None]]
         try:
-            async with self.breaker.guard(), asyncio.timeout(deadline.within(self._timeout_s)):
-                if len(reads) == 1:
-                    entity, entity_id, names = reads[0]
-                    rows = [await self._client.hmget(self.key(entity, entity_id), list(names))]  # type: ignore[list-item]
-                else:
-                    pipe = self._client.pipeline(transaction=False)
-                    for entity, entity_id, names in reads:
-                        pipe.hmget(self.key(entity, entity_id), list(names))
-                    rows = await pipe.execute()
+            async with self.breaker.guard(), deadline.holding(self._slots):
+                async with deadline.limit():
+                    connection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
+                try:
+                    async with deadline.limit(self._timeout_s):
+                        await connection.send_packed_command(connection.pack_commands(commands))
+                        rows = [await connection.read_response() for _ in commands]
+                except BaseException:
+                    # Replies may be left unread on it: it cannot serve another command.
+                    await connection.disconnect(nowait=True)
+                    raise
+                finally:
+                    await self._pool.release(connection)
+        except DeadlineReached as exc:
+            raise StoreUnavailable("the request's deadline ended the read") from exc
         except TimeoutError as exc:
             raise StoreUnavailable("no answer within the read timeout") from exc
         except (RedisError, OSError, BreakerOpen) as exc:
@@ -171,21 +212,30 @@ class OnlineStore:
         entity_id: str,
         event_time_ms: int,
         values: Mapping[str, StoredValue],
+        deadline: Deadline | None = None,
     ) -> list[str]:
-        """Write values unless the store holds newer ones; returns the fields written."""
+        """Write values unless the store holds newer ones; returns the fields written.
+
+        The write waits for a connection until ``deadline``, or, without one, as long
+        as it would wait on a Redis socket.
+        """
         args: list[bytes | str | int] = [event_time_ms]
         for name, stored in values.items():
             args.extend((name, _encode(stored)))
+        wait = Deadline(SOCKET_TIMEOUT_S) if deadline is None else deadline
         try:
-            async with self.breaker.guard():
+            async with self.breaker.guard(), wait.holding(self._slots):
                 written = await self._compare_and_set(keys=[self.key(entity, entity_id)], args=args)
+        except DeadlineReached as exc:
+            raise StoreUnavailable("no Redis connection was free in time") from exc
         except (RedisError, OSError, BreakerOpen) as exc:
             raise StoreUnavailable(str(exc)) from exc
         return [w.decode() if isinstance(w, bytes) else str(w) for w in written]
 
     async def ping(self) -> None:
-        """Raise when Redis does not answer."""
-        await self._client.ping()
+        """Raise when Redis does not answer (the caller bounds the wait)."""
+        async with self._slots:
+            await self._client.ping()
 
     async def close(self) -> None:
         """Close the connection pool."""

@@ -2,7 +2,10 @@
 
 Each source has one :class:`SourceClient`: a breaker, a cap on concurrent calls,
 retries with backoff inside the request's deadline, and single-flight, so that
-concurrent requests needing the same record share one call.
+concurrent requests needing the same record share one call. Only the source's own
+timeout, its connection errors and its error answers count against its breaker: a call
+cut short by the request's deadline, and one the cap refused (:class:`SourceBusy`),
+do not.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from yarl import URL
 
 from contracts.registry import Source
 from gateway.breaker import DependencyBreaker
-from gateway.deadline import Deadline
+from gateway.deadline import Deadline, DeadlineReached
 from gateway.observability import inject, stage
 from gateway.retries import call_with_retries
 
@@ -105,21 +108,35 @@ class SourceClient:
         self._in_flight: dict[str, asyncio.Future[SourceRecord]] = {}
         self._slots = asyncio.Semaphore(source.max_concurrency)
         self.calls = 0
+        self.shared = 0
+        """Fetches that joined a call already in flight instead of making their own."""
         self._stop_after_attempts = stop_after_attempt(source.retry.attempts)
         self._wait = wait_exponential_jitter(
             multiplier=source.retry.backoff_ms / 1000, max=source.retry.max_backoff_ms / 1000
         )
 
     async def fetch(self, path: str, deadline: Deadline) -> SourceRecord:
-        """The record at ``path``; concurrent fetches of one path share one call."""
-        shared = self._in_flight.get(path)
-        if shared is None:
-            shared = asyncio.ensure_future(self._fetch_with_retries(path, deadline))
-            self._in_flight[path] = shared
-            shared.add_done_callback(lambda done: self._forget(path, done))
-        # Shielded: one waiter giving up must not cancel the call the others share.
-        async with asyncio.timeout(deadline.remaining()):
-            return await asyncio.shield(shared)
+        """The record at ``path``; concurrent fetches of one path share one call.
+
+        The shared call spends from the deadline of the fetch that started it. If that
+        deadline ends it, a waiter with time left starts the call again on its own.
+        """
+        while True:
+            shared = self._in_flight.get(path)
+            if shared is None or shared.done():
+                shared = asyncio.ensure_future(self._fetch_with_retries(path, deadline))
+                self._in_flight[path] = shared
+                shared.add_done_callback(lambda done: self._forget(path, done))
+            else:
+                self.shared += 1
+            try:
+                # Shielded: one waiter giving up must not cancel the call the others share.
+                async with deadline.limit():
+                    return await asyncio.shield(shared)
+            except DeadlineReached:
+                if deadline.remaining() > 0 and shared.done():
+                    continue
+                raise
 
     def _forget(self, path: str, done: asyncio.Future[SourceRecord]) -> None:
         if self._in_flight.get(path) is done:
@@ -150,13 +167,15 @@ class SourceClient:
         async with self._slots, self.breaker.guard():
             self.calls += 1
             try:
-                async with asyncio.timeout(deadline.within(self._timeout_s)):
+                async with deadline.limit(self._timeout_s):
                     # encoded=True: the path goes out byte for byte, never re-quoted or
                     # dot-segment-normalised into another path.
                     request_url = URL(url, encoded=True)
                     async with self._session.get(request_url, headers=inject({})) as response:
                         body = await response.read()
                         status = response.status
+            except DeadlineReached:
+                raise  # the request's budget, not the source, ran out: not retried either
             except TimeoutError as exc:
                 raise TransientSourceError(self.source.name, "timed out") from exc
             except aiohttp.ClientError as exc:
