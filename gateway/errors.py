@@ -44,6 +44,13 @@ class Conflict(GatewayError):
     status_code = 409
 
 
+class Unprocessable(GatewayError):
+    """The request is well formed but its decision cannot be recorded: a value the
+    gateway gathered for it (a served feature's lineage) is one PostgreSQL cannot keep."""
+
+    status_code = 422
+
+
 class Unavailable(GatewayError):
     """A dependency the answer cannot do without is down: a feature whose policy is
     ``fail``, the model server, or PostgreSQL."""

@@ -5,12 +5,18 @@ in one process share one scoring (single-flight); across processes the audit sto
 unique key lets the first commit win. Each key is kept with the fingerprint of the
 request it was used for, and a request that reuses the key for anything else (another
 model, other entities, another context) gets a 409 naming what differs.
+
+Every caller string that reaches PostgreSQL is checked before any work is done for
+the request: a ``request_id`` with a control character, or a context string with a
+NUL (which PostgreSQL's text and its JSON functions cannot hold), is a 400 naming the
+field. Entity ids are checked by the registry's :class:`gateway.registry.EntityIds`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,15 +32,17 @@ from contracts.features import FeatureScalar
 from contracts.registry import DecisionPolicy
 from contracts.scoring import ModelRef, ScoreRequest, ScoreResponse
 from gateway.deadline import Deadline
-from gateway.errors import BadRequest, Conflict, Unavailable
+from gateway.errors import BadRequest, Conflict, GatewayError, Unavailable, Unprocessable
 from gateway.features.assembler import FeatureAssembler
 from gateway.ids import new_decision_id
 from gateway.model_client import ModelClient
 from gateway.observability import current_trace_id, observe_features, stage
 from gateway.registry import ModelPlan, Registry, coerce
-from writeback.audit_store import AuditStore, AuditUnavailable, RequestMismatch
+from writeback.audit_store import AuditStore, AuditUnavailable, RecordRefused, RequestMismatch
 
 _canonical = msgspec.json.Encoder()
+# C0, DEL and C1: no idempotency key needs one, and a NUL cannot be stored at all.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class Asked(NamedTuple):
@@ -138,6 +146,30 @@ def decide(
     return None, None
 
 
+def refusal(exc: RecordRefused, subject_key: str) -> GatewayError:
+    """The answer to a record PostgreSQL cannot store: a 400 if the value is the caller's.
+
+    A value the caller sent (the request id, a context value, an entity id) is named
+    as the request field; one the gateway gathered (a served feature's lineage) is a
+    422 naming where it sits in the record.
+    """
+    field = exc.field
+    asked: str | None = None
+    if field is not None:
+        if field.startswith("request."):
+            asked = field.removeprefix("request.")
+        elif field == "request_id":
+            asked = field
+        elif field in ("subject.id", "key"):
+            asked = f"entities.{subject_key}"
+    if asked is not None:
+        return BadRequest(f"{asked}: {exc.reason}", field=asked)
+    return Unprocessable(
+        f"the decision cannot be recorded: {exc}",
+        extra=None if field is None else {"record_field": field},
+    )
+
+
 def response_of(record: DecisionRecord) -> ScoreResponse:
     """The answer to a request, as recorded (also for a repeated ``request_id``)."""
     return ScoreResponse(
@@ -206,9 +238,14 @@ class Scorer:
             if name not in context:
                 raise BadRequest(f"missing context feature {name!r}", field=f"context.{name}")
             try:
-                values[name] = coerce(context[name], spec.dtype)
+                value = coerce(context[name], spec.dtype)
             except TypeError as exc:
                 raise BadRequest(f"context.{name}: {exc}", field=f"context.{name}") from exc
+            if isinstance(value, str) and "\x00" in value:
+                raise BadRequest(
+                    f"context.{name}: a NUL character cannot be stored", field=f"context.{name}"
+                )
+            values[name] = value
         return values
 
     async def score(
@@ -220,11 +257,16 @@ class Scorer:
         concurrent duplicates wait for one scoring.
 
         Raises:
-            BadRequest: the request does not fit the registry.
+            BadRequest: the request does not fit the registry, or carries a value
+                PostgreSQL cannot store.
             Conflict: the request id was used for a different request.
+            Unprocessable: the decision holds a value PostgreSQL cannot store that
+                the caller did not send.
         """
         started = time.perf_counter()
         received_at = datetime.now(UTC)
+        if request.request_id is not None and _CONTROL.search(request.request_id):
+            raise BadRequest("request_id must not hold control characters", field="request_id")
         plan = self._plan(request)
         checked = _Checked(
             request=request,
@@ -367,6 +409,8 @@ class Scorer:
         except RequestMismatch as exc:
             # Another process committed the id first, for a different request.
             return self._earlier(exc.existing, checked)
+        except RecordRefused as exc:
+            raise refusal(exc, subject.key) from exc
         except AuditUnavailable as exc:
             raise Unavailable(
                 "the audit store is unavailable; no decision is given that cannot be audited",

@@ -4,6 +4,12 @@ Concurrent commits share transactions (group commit): one writer task drains a
 queue, and while one transaction is in flight the next callers queue up and go
 together in the next one. Each batch is a single statement, so it is one
 transaction and one round trip however many decisions it carries.
+
+A batch PostgreSQL refuses for one record's data (a NUL in a text column) is halved
+until the record stands alone: its neighbours commit, it alone fails with
+:class:`RecordRefused`. A record whose JSON holds a NUL is refused before it is
+queued: the ``json`` column would take it, but every later read of the record with
+PostgreSQL's JSON operators (decision search) would fail on it.
 """
 
 from __future__ import annotations
@@ -12,9 +18,10 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -47,6 +54,9 @@ _CONNECTION_ERRORS = (
 # Errors caused by one record of a batch; the others should not pay for it.
 _RECORD_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
 _STORE_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+# msgspec writes a NUL in a string as this escape; found, the record is walked to be sure.
+_NUL_ESCAPE = b"\\u0000"
+_JSON_NUL = "it holds a NUL character, which PostgreSQL's JSON functions cannot read"
 
 _COMMIT_BATCH = """
 WITH incoming AS (
@@ -189,6 +199,28 @@ class AuditUnavailable(Exception):
         self.__cause__ = cause
 
 
+class RecordRefused(Exception):
+    """PostgreSQL cannot keep a value of one decision record; nothing of it is committed.
+
+    The value is the record's, so a retry cannot help; the decisions committed beside
+    it are not affected.
+
+    Attributes:
+        field: Where the value sits in the record (``request_id``, ``subject.id``,
+            ``lineage.<id>.source_ref``), or None if it cannot be told.
+        reason: What is wrong with it.
+        cause: PostgreSQL's (or asyncpg's) error, if the record reached it.
+    """
+
+    def __init__(self, field: str | None, reason: str, cause: BaseException | None = None) -> None:
+        where = "a value" if field is None else f"the value of {field}"
+        super().__init__(f"PostgreSQL cannot store {where} of the decision record: {reason}")
+        self.field = field
+        self.reason = reason
+        self.cause = cause
+        self.__cause__ = cause
+
+
 class RequestMismatch(Exception):
     """A request id is reused for a request other than the one it was first used for.
 
@@ -231,6 +263,43 @@ def _unavailable_on_error(action: str) -> Iterator[None]:
         yield
     except _STORE_ERRORS as exc:
         raise AuditUnavailable(f"could not {action}", exc) from exc
+
+
+def _nul_path(value: Any, path: str) -> str | None:
+    """The path of the first string (or key) in ``value`` that holds a NUL, if any."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    items: Iterable[tuple[object, Any]]
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        inner = f"{path}.{key}" if path else str(key)
+        if isinstance(key, str) and "\x00" in key:
+            return inner
+        found = _nul_path(item, inner)
+        if found is not None:
+            return found
+    return None
+
+
+def _unstorable_text(pending: _PendingCommit) -> str | None:
+    """Which text column value of a record PostgreSQL cannot hold (a NUL), if any."""
+    record = pending.record
+    texts = (
+        ("caller", record.caller),
+        ("request_id", record.request_id),
+        ("model.name", record.model.name),
+        ("model.version", record.model.version),
+        ("subject.entity", record.subject.entity),
+        ("subject.id", record.subject.id),
+        ("key", pending.key),
+        ("traceparent", pending.traceparent or ""),
+    )
+    return next((field for field, text in texts if "\x00" in text), None)
 
 
 def _rollback_state(row: asyncpg.Record) -> RollbackState:
@@ -384,6 +453,8 @@ class AuditStore:
         Raises:
             AuditUnavailable: The transaction failed; nothing of this decision is
                 committed by it.
+            RecordRefused: PostgreSQL cannot store a value of this record; nothing
+                of it is written, and decisions committed beside it are not affected.
             RequestMismatch: The request id was committed before with another
                 fingerprint; nothing is written.
             ValueError: ``record.decision_id`` is not a UUID.
@@ -393,10 +464,16 @@ class AuditStore:
         stored = msgspec.structs.replace(
             record, status="made", committed_at=None, writeback=[], rollback=None, timeline=[]
         )
+        record_json = _encoder.encode(stored)
+        if _NUL_ESCAPE in record_json:
+            # The escape may be a literal backslash's; only a real NUL is refused.
+            field = _nul_path(msgspec.json.decode(record_json), "")
+            if field is not None:
+                raise RecordRefused(field, _JSON_NUL)
         pending = _PendingCommit(
             record=stored,
             decision_id=uuid.UUID(record.decision_id),
-            record_json=_encoder.encode(stored),
+            record_json=record_json,
             event_id=uuid.uuid4(),
             payload=_encoder.encode(event),
             key=key,
@@ -573,12 +650,15 @@ class AuditStore:
             rows = await self._execute_batch(batch)
         except _RECORD_ERRORS as exc:
             if len(batch) == 1:
-                _fail(batch, exc)
+                _refuse(batch[0], exc)
                 return
-            # One bad record must not fail its neighbours: commit them one by one.
-            logger.warning("group commit of %d rejected (%r); retrying singly", len(batch), exc)
-            for pending in batch:
-                await self._commit_batch([pending])
+            # One bad record must not fail its neighbours: halve the batch until it
+            # stands alone, so the good halves still commit together (about 2*log2(n)
+            # transactions for one bad record of n, not n).
+            logger.warning("group commit of %d rejected (%r); halving it", len(batch), exc)
+            middle = len(batch) // 2
+            await self._commit_batch(batch[:middle])
+            await self._commit_batch(batch[middle:])
             return
         except _STORE_ERRORS as exc:
             logger.warning("group commit of %d decisions failed: %r", len(batch), exc)
@@ -650,6 +730,17 @@ class AuditStore:
             writeback=[state],
             timeline=[committed],
         )
+
+
+def _refuse(pending: _PendingCommit, cause: BaseException) -> None:
+    """Fail one record PostgreSQL refused: its data (DataError) is the record's fault."""
+    if pending.future.done():
+        return
+    if isinstance(cause, asyncpg.DataError):
+        refused = RecordRefused(_unstorable_text(pending), str(cause), cause)
+        pending.future.set_exception(refused)
+    else:
+        pending.future.set_exception(AuditUnavailable("could not commit the decision", cause))
 
 
 def _fail(batch: list[_PendingCommit], cause: BaseException) -> None:

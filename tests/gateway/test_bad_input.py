@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
 from tests.conftest import bearer
-from tests.gateway.test_score import body, seed
+from tests.gateway.test_score import CUSTOMER_FEATURES, body, push, seed
 
 pytestmark = pytest.mark.services
 
@@ -76,7 +77,38 @@ async def test_a_rollback_reason_postgresql_cannot_store_is_a_400(client: Client
     assert fixed.status_code == 200
 
 
-async def test_a_request_id_postgresql_cannot_store_is_a_400(client: Client) -> None:
+async def test_a_request_id_postgresql_cannot_store_is_a_400(
+    client: Client, pg: asyncpg.Connection
+) -> None:
     await seed(client, "c-bad", "m-bad", timedelta(seconds=5))
-    response = await client.post("/score", json=body("c-bad", "m-bad", request_id="r-\x00"))
-    assert response.status_code == 400, response.text
+    for request_id in ("r-\x00", "r-\n1"):
+        response = await client.post("/score", json=body("c-bad", "m-bad", request_id=request_id))
+        assert blamed(response) == "request_id"
+    assert await pg.fetchval("SELECT count(*) FROM decision_requests") == 0
+    assert await pg.fetchval("SELECT count(*) FROM decisions") == 0
+    assert (await client.post("/score", json=body("c-bad", "m-bad", request_id="r-1"))).is_success
+
+
+async def test_a_served_lineage_with_a_nul_is_refused_and_search_keeps_working(
+    client: Client, pg: asyncpg.Connection
+) -> None:
+    await seed(client, "c-ok", "m-nul", timedelta(seconds=5))
+    await push(
+        client, {"customer_id": "c-nul"}, CUSTOMER_FEATURES, datetime.now(UTC), ref="cdc:\x00"
+    )
+
+    response = await client.post("/score", json=body("c-nul", "m-nul"))
+
+    # Not the scoring caller's value: a 422 that says where in the record it sits.
+    assert response.status_code == 422, response.text
+    record_field = response.json()["extra"]["record_field"]
+    assert record_field.startswith("lineage.")
+    assert record_field.endswith(".source_ref")
+    assert await pg.fetchval("SELECT count(*) FROM decisions") == 0
+    scored = await client.post("/score", json=body("c-ok", "m-nul"))
+    assert scored.status_code == 200, scored.text
+    search = await client.get("/decisions", headers=bearer("auditor"))
+    assert search.status_code == 200, search.text
+    assert [item["decision_id"] for item in search.json()["items"]] == [
+        scored.json()["decision_id"]
+    ]

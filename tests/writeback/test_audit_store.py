@@ -14,7 +14,7 @@ from contracts.decisions import DecisionRecord, WritebackState
 from contracts.events import DECISION_MADE, DECISION_ROLLED_BACK, OutcomeEvent
 from tests.system.tcp_proxy import TcpProxy
 from tests.writeback.conftest import commit, make_event, make_record
-from writeback.audit_store import AuditStore, AuditUnavailable, RequestMismatch
+from writeback.audit_store import AuditStore, AuditUnavailable, RecordRefused, RequestMismatch
 from writeback.config import WritebackConfig
 from writeback.pool import create_pool
 
@@ -204,7 +204,7 @@ async def test_same_request_id_of_other_callers_are_distinct(
 
 async def test_bad_record_fails_alone(store: AuditStore, pool: asyncpg.Pool) -> None:
     good = [make_record() for _ in range(4)]
-    # PostgreSQL text cannot hold NUL: this one insert fails.
+    # PostgreSQL text cannot hold NUL: this record is refused, before it is queued.
     bad = make_record(request_id="req-\x00")
 
     results = await asyncio.gather(
@@ -212,12 +212,72 @@ async def test_bad_record_fails_alone(store: AuditStore, pool: asyncpg.Pool) -> 
         return_exceptions=True,
     )
 
-    assert isinstance(results[2], AuditUnavailable)
+    assert isinstance(results[2], RecordRefused)
+    assert results[2].field == "request_id"
     assert [r.decision_id for r in results if isinstance(r, DecisionRecord)] == [
         r.decision_id for r in good
     ]
     assert await pool.fetchval("SELECT count(*) FROM decisions") == 4
     assert await pool.fetchval("SELECT count(*) FROM outbox") == 4
+
+
+async def test_a_row_postgresql_refuses_fails_alone_and_the_rest_of_its_batch_commits(
+    store: AuditStore, pool: asyncpg.Pool
+) -> None:
+    records = [make_record(customer=f"c-{n}") for n in range(8)]
+    # The Kafka key is no part of the record's JSON: only PostgreSQL finds its NUL, when
+    # the batch that carries it fails.
+    keys = [record.subject.id for record in records]
+    keys[2] = "c-\x00"
+    before = store.transactions
+
+    # Queued in one go, the eight share a batch: the writer wakes only after all of them.
+    results = await asyncio.gather(
+        *(
+            store.commit(record, make_event(record), key)
+            for record, key in zip(records, keys, strict=True)
+        ),
+        return_exceptions=True,
+    )
+
+    refused = results[2]
+    assert isinstance(refused, RecordRefused), refused
+    assert refused.field == "key"
+    assert isinstance(refused.cause, asyncpg.DataError)
+    good = [record.decision_id for n, record in enumerate(records) if n != 2]
+    assert [r.decision_id for r in results if isinstance(r, DecisionRecord)] == good
+    stored = await pool.fetch("SELECT decision_id FROM decisions")
+    assert sorted(str(row["decision_id"]) for row in stored) == sorted(good)
+    assert await pool.fetchval("SELECT count(*) FROM outbox") == 7
+    # The good halves of the batch committed together, not one transaction each.
+    assert store.transactions - before < len(good)
+
+
+async def test_a_record_whose_json_holds_a_nul_is_refused_before_it_is_written(
+    store: AuditStore, pool: asyncpg.Pool
+) -> None:
+    record = make_record()
+    ((lineage_id, lineage),) = record.lineage.items()
+    # The json column would take "\u0000", but PostgreSQL's JSON operators (->>, as
+    # the decision search uses them) fail on every read of such a record.
+    poisoned = msgspec.structs.replace(
+        record,
+        lineage={lineage_id: msgspec.structs.replace(lineage, source_ref="txn/\x00/17")},
+    )
+    # A backslash followed by "u0000" is text like any other.
+    literal = make_record(decision_rule="matches \\u0000 literally")
+
+    with pytest.raises(RecordRefused) as raised:
+        await commit(store, poisoned)
+    committed = await commit(store, literal)
+
+    assert raised.value.field == f"lineage.{lineage_id}.source_ref"
+    assert raised.value.cause is None
+    assert committed.decision_rule == "matches \\u0000 literally"
+    rows = await pool.fetch("SELECT decision_id, record ->> 'decision_rule' AS rule FROM decisions")
+    assert [(str(row["decision_id"]), row["rule"]) for row in rows] == [
+        (literal.decision_id, "matches \\u0000 literally")
+    ]
 
 
 async def test_commit_without_postgres_raises_and_recovers(
