@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
+import msgspec
 import pytest
 
-from tests.conftest import bearer
+from gateway.app import create_app
+from gateway.settings import GatewaySettings
+from tests.conftest import SampleServers, bearer, serve
 from tests.gateway.test_score import CUSTOMER_FEATURES, body, push, seed
 
 pytestmark = pytest.mark.services
@@ -78,12 +82,13 @@ async def test_a_rollback_reason_postgresql_cannot_store_is_a_400(client: Client
 
 
 async def test_a_request_id_postgresql_cannot_store_is_a_400(
-    client: Client, pg: asyncpg.Connection
+    client: Client, servers: SampleServers, pg: asyncpg.Connection
 ) -> None:
-    await seed(client, "c-bad", "m-bad", timedelta(seconds=5))
     for request_id in ("r-\x00", "r-\n1"):
         response = await client.post("/score", json=body("c-bad", "m-bad", request_id=request_id))
         assert blamed(response) == "request_id"
+    # Nothing of c-bad is in Redis: any feature work would have called its sources.
+    assert not any((await servers.source_calls()).values())
     assert await pg.fetchval("SELECT count(*) FROM decision_requests") == 0
     assert await pg.fetchval("SELECT count(*) FROM decisions") == 0
     assert (await client.post("/score", json=body("c-bad", "m-bad", request_id="r-1"))).is_success
@@ -112,3 +117,28 @@ async def test_a_served_lineage_with_a_nul_is_refused_and_search_keeps_working(
     assert [item["decision_id"] for item in search.json()["items"]] == [
         scored.json()["decision_id"]
     ]
+
+
+async def test_a_context_string_with_a_nul_is_refused_before_any_work(
+    settings: GatewaySettings, tmp_path: Path, servers: SampleServers, pg: asyncpg.Connection
+) -> None:
+    text = settings.registry_path.read_text()
+    context = '    { name = "card_present", dtype = "bool" },\n'
+    assert context in text
+    tensor = 'input = { layout = "tensor", name = "input-0", datatype = "FP64" }'
+    assert tensor in text
+    # A string feature needs named inputs; the model is never reached anyway.
+    text = text.replace(tensor, 'input = { layout = "columns" }')
+    path = tmp_path / "noted-registry.toml"
+    path.write_text(text.replace(context, context + '    { name = "note", dtype = "string" },\n'))
+    noted = msgspec.structs.replace(settings, registry_path=path)
+    request = body("c-note", "m-note")
+    request["context"] = {**request["context"], "note": "call me\x00"}
+
+    async with serve(create_app(noted), who="scorer") as http:
+        response = await http.post("/score", json=request)
+
+    assert blamed(response) == "context.note"
+    # Nothing of c-note is in Redis: any feature work would have called its sources.
+    assert not any((await servers.source_calls()).values())
+    assert await pg.fetchval("SELECT count(*) FROM decisions") == 0
