@@ -46,7 +46,8 @@ from gateway.dev.broker import free_port
 from gateway.dev.stack import DevStack
 from writeback.migrate import ensure_database, migrate
 
-DATABASE = "postgresql://postgres@127.0.0.1:5432/scoregate_verify_bench"
+DATABASE_NAME = "scoregate_verify_bench"
+DATABASE = f"postgresql://postgres@127.0.0.1:5432/{DATABASE_NAME}"
 CALLER = "verify-bench"
 SEED = """
 INSERT INTO decisions (decision_id, caller, request_id, model_name, model_version,
@@ -237,11 +238,12 @@ async def measure(
     async def phase(name: str, number: int) -> dict[str, Any]:
         if others is not None:
             # The pool may have opened connections since; each is a new backend.
-            pin(pids_serving("scoregate_verify_bench"), others)
+            pin(pids_serving(DATABASE_NAME), others)
         traffic = ScoreTraffic(f"vb-{run}-{name}{number}-", settings.customers, fresh)
         await settle(session, stack, traffic)
         gateway = stack.gateway_pid
         ticks = process_ticks(gateway) if gateway else None
+        backends = {pid: process_ticks(pid) for pid in pids_serving(DATABASE_NAME)}
         started = time.perf_counter()
         result = await run_phase(
             session,
@@ -260,6 +262,15 @@ async def measure(
             # The gateway's share of a core over the phase: /score's work, and the verify's.
             busy_s = (after - ticks) / TICKS_PER_S
             shown["gateway_cpu_share"] = round(busy_s / (time.perf_counter() - started), 3)
+        # The database's side: the verify's backend hashes and reads every record.
+        spent = 0
+        for pid, before in backends.items():
+            now = process_ticks(pid)
+            if before is not None and now is not None:
+                spent += now - before
+        shown["postgres_backends_cpu_share"] = round(
+            spent / TICKS_PER_S / (time.perf_counter() - started), 3
+        )
         return shown
 
     print(f"warm-up: {await phase('warm-up', 0)}", flush=True)
