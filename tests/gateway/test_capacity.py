@@ -111,8 +111,9 @@ async def test_burst_spread_over_many_entities_is_answered_or_refused_by_the_cap
     gateway: httpx.AsyncClient, pg: asyncpg.Connection
 ) -> None:
     customers = [f"c-{n}" for n in range(CUSTOMERS)]
-    for customer in customers:
-        await seed(gateway, customer, "m-1", timedelta(seconds=5))
+    for first in range(0, CUSTOMERS, 16):
+        group = customers[first : first + 16]
+        await asyncio.gather(*(seed(gateway, c, "m-1", timedelta(seconds=5)) for c in group))
 
     outcomes = await burst(gateway, customers)
 

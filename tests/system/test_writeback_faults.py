@@ -249,10 +249,11 @@ async def test_two_relays_under_load_publish_each_event_once(
     assert result.ok() >= 0.95 * result.statuses.total()
     assert summary["lost"] == 0
     assert summary["duplicates"] == 0
-    # Both relays took part (they share one process here, so their ids agree:
-    # the per-relay split is in the claim, not the actor name).
+    # Both relays took part, and neither left a claim behind.
+    assert len(by_relay) == 2
     assert second.published > 0
     assert second.published < len(committed)
+    assert await pg.fetchval("SELECT count(*) FROM outbox WHERE claimed_by IS NOT NULL") == 0
 
 
 async def test_commit_to_publish_latency_in_normal_operation(
