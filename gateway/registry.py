@@ -54,8 +54,10 @@ def coerce(value: object, dtype: DType) -> FeatureScalar:
     raise TypeError(f"expected {dtype}, got {type(value).__name__}")
 
 
-# Ids of an entity without a declared pattern: anything printable. Control characters
-# (C0, DEL, C1) have no business in an id and would reach logs, keys and URLs.
+# Control characters (C0, DEL, C1) have no business in an id, a key or a lineage
+# reference: they would reach logs, Redis keys and URLs, and PostgreSQL cannot store a NUL.
+CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# Ids of an entity without a declared pattern: anything printable.
 _PRINTABLE_ID = re.compile(r"[^\x00-\x1f\x7f-\x9f]*")
 
 

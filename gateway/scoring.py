@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -37,12 +36,10 @@ from gateway.features.assembler import FeatureAssembler
 from gateway.ids import new_decision_id
 from gateway.model_client import ModelClient
 from gateway.observability import current_trace_id, observe_features, stage
-from gateway.registry import ModelPlan, Registry, coerce
+from gateway.registry import CONTROL_CHARACTER, ModelPlan, Registry, coerce
 from writeback.audit_store import AuditStore, AuditUnavailable, RecordRefused, RequestMismatch
 
 _canonical = msgspec.json.Encoder()
-# C0, DEL and C1: no idempotency key needs one, and a NUL cannot be stored at all.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class Asked(NamedTuple):
@@ -265,7 +262,7 @@ class Scorer:
         """
         started = time.perf_counter()
         received_at = datetime.now(UTC)
-        if request.request_id is not None and _CONTROL.search(request.request_id):
+        if request.request_id is not None and CONTROL_CHARACTER.search(request.request_id):
             raise BadRequest("request_id must not hold control characters", field="request_id")
         plan = self._plan(request)
         checked = _Checked(

@@ -13,7 +13,7 @@ from gateway.features.online_store import (
     lineage_id_for,
     to_millis,
 )
-from gateway.registry import Registry, coerce
+from gateway.registry import CONTROL_CHARACTER, Registry, coerce
 
 # A pushed event time this far ahead of our clock is a producer bug; accepting it
 # would pin the value, since nothing older may overwrite it.
@@ -38,25 +38,36 @@ class FeaturePusher:
         problem = self._registry.ids[entity.name].problem(entity_id)
         if problem is not None:
             raise BadRequest(problem, field=f"entities.{key}")
-        values: dict[str, FeatureScalar] = {}
-        for name, raw in request.features.items():
-            feature = self._registry.features.get(name)
-            if feature is None:
-                raise BadRequest(f"unknown feature {name!r}", field=f"features.{name}")
-            if feature.entity != entity.name:
-                raise BadRequest(
-                    f"feature {name!r} belongs to entity {feature.entity!r}, not {entity.name!r}",
-                    field=f"features.{name}",
-                )
-            try:
-                values[name] = coerce(raw, feature.dtype)
-            except TypeError as exc:
-                raise BadRequest(f"features.{name}: {exc}", field=f"features.{name}") from exc
+        values = self._values(entity.name, request)
+        _check_lineage(request)
         if request.event_time.tzinfo is None:
             raise BadRequest("event_time needs a UTC offset", field="event_time")
         if request.event_time - datetime.now(UTC) > MAX_CLOCK_SKEW:
             raise BadRequest("event_time is in the future", field="event_time")
         return entity.name, entity_id, values
+
+    def _values(self, entity: str, request: PushRequest) -> dict[str, FeatureScalar]:
+        values: dict[str, FeatureScalar] = {}
+        for name, raw in request.features.items():
+            feature = self._registry.features.get(name)
+            if feature is None:
+                raise BadRequest(f"unknown feature {name!r}", field=f"features.{name}")
+            if feature.entity != entity:
+                raise BadRequest(
+                    f"feature {name!r} belongs to entity {feature.entity!r}, not {entity!r}",
+                    field=f"features.{name}",
+                )
+            try:
+                value = coerce(raw, feature.dtype)
+            except TypeError as exc:
+                raise BadRequest(f"features.{name}: {exc}", field=f"features.{name}") from exc
+            if isinstance(value, str) and "\x00" in value:
+                # Served into decision records, which PostgreSQL could not read back.
+                raise BadRequest(
+                    f"features.{name}: a NUL character cannot be stored", field=f"features.{name}"
+                )
+            values[name] = value
+        return values
 
     async def push(self, request: PushRequest) -> PushResponse:
         """Write the values unless the store holds newer ones; nothing on a bad request."""
@@ -101,3 +112,16 @@ class FeaturePusher:
             written=written,
             skipped_older=[name for name in values if name not in written],
         )
+
+
+def _check_lineage(request: PushRequest) -> None:
+    lineage = request.lineage
+    for part, text in (
+        ("source_system", lineage.source_system),
+        ("source_ref", lineage.source_ref),
+        ("transform", lineage.transform),
+    ):
+        if text is not None and CONTROL_CHARACTER.search(text):
+            raise BadRequest(
+                f"lineage.{part} must not hold control characters", field=f"lineage.{part}"
+            )

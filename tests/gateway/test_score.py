@@ -311,6 +311,11 @@ async def test_concurrent_pushes_keep_the_newest(
         ({"event_time": "yesterday"}, "event_time"),
         ({"event_time": "2026-01-01T00:00:00"}, "event_time"),
         ({"lineage": {"source_system": "x"}}, "lineage.source_ref"),
+        ({"lineage": {"source_system": "cdc", "source_ref": "r\x001"}}, "lineage.source_ref"),
+        (
+            {"lineage": {"source_system": "cdc", "source_ref": "r:1", "transform": "a\nb"}},
+            "lineage.transform",
+        ),
         ({"colour": "red"}, "colour"),
     ],
 )
