@@ -219,11 +219,13 @@ def figures(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def medians(phases: list[dict[str, Any]]) -> dict[str, float | None]:
-    """Median over rounds of each percentile."""
+    """Median over rounds of each percentile and of the error rate."""
     out: dict[str, float | None] = {}
-    for key in ("p50_ms", "p99_ms", "max_ms"):
+    for key in ("p50_ms", "p99_ms", "max_ms", "error_rate"):
         values = [p[key] for p in phases if p[key] is not None]
-        out[key] = round(statistics.median(values), 2) if values else None
+        out[key] = (
+            round(statistics.median(values), 4 if key == "error_rate" else 2) if values else None
+        )
     return out
 
 
@@ -264,8 +266,9 @@ async def measure(
             shown["gateway_cpu_share"] = round(busy_s / (time.perf_counter() - started), 3)
         # The database's side: the verify's backend hashes and reads every record.
         spent = 0
-        for pid, before in backends.items():
-            now = process_ticks(pid)
+        for pid in set(backends) | set(pids_serving(DATABASE_NAME)):
+            # A backend the pool opened during the phase spent all its time in it.
+            before, now = backends.get(pid, 0), process_ticks(pid)
             if before is not None and now is not None:
                 spent += now - before
         shown["postgres_backends_cpu_share"] = round(
