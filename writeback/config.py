@@ -23,10 +23,10 @@ class WritebackConfig(msgspec.Struct, frozen=True):
             join the cycle (0: none).
         relay_backoff_ms: First retry delay of an event that failed to publish.
         relay_max_backoff_ms: Cap of the exponential retry delay.
-        relay_lease_ms: How long the rows a relay claims stay its own (0: twice
-            ``publish_timeout_ms`` plus 10 s). No transaction or connection is held
-            while it publishes; a relay that dies mid-publish leaves its rows to the
-            others once the lease runs out, and a cycle that outlives it gives them up.
+        relay_lease_ms: How long the rows a relay claims stay its own unless renewed;
+            it renews them every third of that while it publishes, holding no
+            transaction or connection meanwhile. A relay that dies mid-publish leaves
+            its rows to the others once the lease runs out.
         pool_min_size: Connections the pool keeps open.
         pool_max_size: Connections the pool opens at most (opened as load needs them).
             One pool serves the group commit (one connection at a time), the idempotency
@@ -67,7 +67,7 @@ class WritebackConfig(msgspec.Struct, frozen=True):
     relay_linger_ms: int = 5
     relay_backoff_ms: int = 100
     relay_max_backoff_ms: int = 30000
-    relay_lease_ms: int = 0
+    relay_lease_ms: int = 10000
     pool_min_size: int = 2
     pool_max_size: int = 32
     pool_acquire_timeout_ms: int = 10000
@@ -89,6 +89,7 @@ class WritebackConfig(msgspec.Struct, frozen=True):
             "relay_poll_interval_ms": self.relay_poll_interval_ms,
             "relay_backoff_ms": self.relay_backoff_ms,
             "relay_max_backoff_ms": self.relay_max_backoff_ms,
+            "relay_lease_ms": self.relay_lease_ms,
             "pool_max_size": self.pool_max_size,
             "pool_acquire_timeout_ms": self.pool_acquire_timeout_ms,
             "commit_max_batch": self.commit_max_batch,
@@ -105,11 +106,6 @@ class WritebackConfig(msgspec.Struct, frozen=True):
                 f"pool_min_size must be between 0 and pool_max_size ({self.pool_max_size}),"
                 f" got {self.pool_min_size}"
             )
-        if self.relay_lease_ms and self.relay_lease_ms <= self.publish_timeout_ms:
-            raise ValueError(
-                f"relay_lease_ms must exceed publish_timeout_ms ({self.publish_timeout_ms}),"
-                f" got {self.relay_lease_ms}"
-            )
         if not self.topic:
             raise ValueError("topic must not be empty")
         if self.dead_letter_topic == self.topic:
@@ -117,7 +113,6 @@ class WritebackConfig(msgspec.Struct, frozen=True):
         for name, number in {
             "outbox_retention_hours": self.outbox_retention_hours,
             "partitions_ahead_months": self.partitions_ahead_months,
-            "relay_lease_ms": self.relay_lease_ms,
             "maintenance_interval_s": self.maintenance_interval_s,
         }.items():
             if number < 0:
@@ -127,9 +122,3 @@ class WritebackConfig(msgspec.Struct, frozen=True):
     def dead_letter_topic(self) -> str:
         """Where dead letters go: ``dlq_topic``, or ``<topic>.dlq`` when it is empty."""
         return self.dlq_topic or f"{self.topic}.dlq"
-
-    @property
-    def relay_lease_s(self) -> float:
-        """How long a relay holds its claimed rows, in seconds (see ``relay_lease_ms``)."""
-        lease_ms = self.relay_lease_ms or 2 * self.publish_timeout_ms + 10_000
-        return lease_ms / 1000

@@ -3,13 +3,13 @@
 Each cycle claims, in one short transaction, the oldest due events that head their
 key's queue (an event waits until every earlier event of its key is delivered),
 marking them with a lease (``claimed_by``, ``claimed_until``). It then publishes
-them as CloudEvents in binary mode with no transaction or connection held, and
-records each outcome in a second short transaction that touches only the rows it
-still holds. Several relays may run at once: ``FOR UPDATE SKIP LOCKED`` and the
-leases split the work, and the head-of-queue rule keeps each key's order across
-them and across failures. A relay that dies mid-publish leaves its rows claimed
-until the lease runs out; then any relay takes them again (the consumer dedupes the
-repeat on the CloudEvents id).
+them as CloudEvents in binary mode with no transaction or connection held (renewing
+the lease while a publish takes long), and records each outcome in a second short
+transaction that touches only the rows it still holds. Several relays may run at
+once: ``FOR UPDATE SKIP LOCKED`` and the leases split the work, and the
+head-of-queue rule keeps each key's order across them and across failures. A relay
+that dies mid-publish leaves its rows claimed until the lease runs out; then any
+relay takes them again (the consumer dedupes the repeat on the CloudEvents id).
 
 An event that cannot be published goes to the dead-letter topic with error headers
 (see :class:`OutboxRelay`); an operator redrives it with
@@ -51,8 +51,9 @@ _LAST_ERROR_MAX_CHARS = 2000
 _STACKTRACE_MAX_CHARS = 8000
 _LISTEN_PROBE_INTERVAL_S = 30.0
 _LISTEN_PROBE_TIMEOUT_S = 5.0
-# Time kept, within a lease, for recording a cycle's outcomes after publishing.
-_RECORD_MARGIN_S = 5.0
+# Beyond the publish calls' own bounds (the event, then its dead letter), a cycle's
+# publishing gets this much before it gives its claims up.
+_CYCLE_SLACK_S = 10.0
 
 # One statement, so one short transaction: lock the claimable heads (skipping rows
 # another relay is claiming right now), then lease them to this cycle.
@@ -78,6 +79,12 @@ WHERE o.seq = c.seq
 RETURNING o.seq, o.event_id, o.decision_id, o.event_type, o.topic, o.message_key, o.payload,
           o.event_time, o.created_at, o.attempts, o.failures, o.error_class, o.last_error,
           o.first_failed_at, o.last_failed_at, o.dead_letter_reason, o.traceparent
+"""
+
+# Keeps a cycle's claims its own while it publishes.
+_RENEW = """
+UPDATE outbox SET claimed_until = now() + $3 * interval '1 millisecond'
+WHERE seq = ANY($1::bigint[]) AND claimed_by = $2
 """
 
 # Gives up a cycle's claims that it could not see through, so they need not wait
@@ -230,6 +237,8 @@ class OutboxRelay:
         # whose lease ran out cannot touch rows claimed again since.
         self._cycles = itertools.count(1)
         self._unrecorded: tuple[str, Sequence[_Outcome]] | None = None
+        self._lease_s = config.relay_lease_ms / 1000
+        self._cycle_bound_s = 2 * config.publish_timeout_ms / 1000 + _CYCLE_SLACK_S
         self.published = 0
         self.failed = 0
         self.dead_lettered = 0
@@ -259,8 +268,8 @@ class OutboxRelay:
         self._tasks = []
         listener.cancel()
         try:
-            # A cycle's publishing is bounded by the lease; allow it to record the outcome.
-            await asyncio.wait_for(relay, self._config.relay_lease_s + _RECORD_MARGIN_S)
+            # A cycle's publishing is bounded; allow it to record the outcome too.
+            await asyncio.wait_for(relay, self._cycle_bound_s + _CYCLE_SLACK_S)
         except TimeoutError:
             logger.warning("outbox relay did not stop in time; cancelled")
         with contextlib.suppress(asyncio.CancelledError):
@@ -287,29 +296,45 @@ class OutboxRelay:
                 call; if it stops first, they are claimable once the lease runs out.
             OSError: PostgreSQL could not be reached, or no pooled connection was
                 free in time (``TimeoutError``).
-            TimeoutError: Publishing outlived the lease; the claims were given up.
+            TimeoutError: Publishing took longer than two publish timeouts and
+                some slack; the claims were given up.
         """
         if self._unrecorded is not None:
             await self._record(*self._unrecorded)
         token = f"{self._identity}#{next(self._cycles)}"
-        lease_s = self._config.relay_lease_s
         claimed = await self._pool.fetch(
-            _CLAIM, self._config.relay_batch_size, token, lease_s * 1000
+            _CLAIM, self._config.relay_batch_size, token, self._lease_s * 1000
         )
         if not claimed:
             return 0
         rows = sorted(claimed, key=lambda row: row["seq"])
+        seqs = [row["seq"] for row in rows]
+        renewal = asyncio.create_task(self._renew(seqs, token), name="outbox-relay-renew")
         try:
-            # Leave the record time to land before the lease runs out.
-            async with asyncio.timeout(lease_s - min(_RECORD_MARGIN_S, lease_s / 4)):
+            async with asyncio.timeout(self._cycle_bound_s):
                 outcomes = await self._deliver(rows)
         except TimeoutError:
-            logger.warning("publishing %d events outlived their lease; giving them up", len(rows))
-            await self._pool.execute(_RELEASE, [row["seq"] for row in rows], token)
+            logger.warning("publishing %d events took too long; giving them up", len(rows))
+            await self._pool.execute(_RELEASE, seqs, token)
             raise
+        finally:
+            renewal.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewal
         self._unrecorded = (token, outcomes)
         await self._record(token, outcomes)
         return len(rows)
+
+    async def _renew(self, seqs: list[int], token: str) -> None:
+        # Most publishes end long before the first renewal is due.
+        while True:
+            await asyncio.sleep(self._lease_s / 3)
+            try:
+                await self._pool.execute(_RENEW, seqs, token, self._lease_s * 1000)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                # Should the lease run out, another relay may publish these events
+                # again; this cycle's outcome then is not recorded over theirs.
+                logger.warning("could not renew the claims of %d events: %r", len(seqs), exc)
 
     async def _record(self, token: str, outcomes: Sequence[_Outcome]) -> None:
         recorded = await self._pool.fetch(

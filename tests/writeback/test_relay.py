@@ -596,3 +596,33 @@ async def test_a_busy_key_drains_without_a_poll_interval_per_event(
     assert [dict(m.headers)["ce_subject"].decode() for m in ordered] == [
         record.decision_id for record in records
     ]
+
+
+async def test_a_publish_longer_than_the_lease_keeps_its_claim_renewed(
+    store: AuditStore,
+    pool: asyncpg.Pool,
+    pg: asyncpg.Connection,
+    config: WritebackConfig,
+    held_publishers: Callable[[WritebackConfig], HeldPublisher],
+) -> None:
+    record = await commit(store, make_record(customer="c-long"))
+    key = uuid.UUID(record.decision_id)
+    short = msgspec.structs.replace(config, relay_lease_ms=600)
+    publisher = held_publishers(short)
+    relay = OutboxRelay(pool, publisher, short)
+    cycle = asyncio.create_task(relay.run_once())
+    await asyncio.wait_for(publisher.inside.wait(), 10)
+    until = "SELECT claimed_until FROM outbox WHERE decision_id = $1"
+    first = await pg.fetchval(until, key)
+
+    # The publish outlasts the lease many times over; the relay keeps extending it.
+    async with asyncio.timeout(20):
+        while (await pg.fetchval(until, key)) <= first:
+            await asyncio.sleep(0.05)
+    assert await pg.fetchval(OPEN_TRANSACTIONS) == 0
+
+    publisher.go_on.set()
+    assert await asyncio.wait_for(cycle, 20) == 1
+    row = await pg.fetchrow("SELECT * FROM outbox WHERE decision_id = $1", key)
+    assert row is not None
+    assert (row["status"], row["attempts"], row["claimed_by"]) == ("delivered", 1, None)
