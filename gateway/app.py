@@ -320,7 +320,12 @@ async def _timed(probe: Awaitable[Any], limit_s: float) -> Check:
 GatewayDep = NamedDependency[Gateway]
 
 
-@post("/score", status_code=200, opt=requires("scorer"), responses=error_responses(502, 503, 504))
+@post(
+    "/score",
+    status_code=200,
+    opt=requires("scorer"),
+    responses=error_responses(409, 422, 502, 503, 504),
+)
 async def score(
     data: JSONBody[ScoreRequest],
     gateway: GatewayDep,

@@ -24,7 +24,10 @@ _MEANINGS = {
     401: "No valid API key (``Authorization: Bearer <key>``)",
     403: "The key does not hold the role this route needs",
     404: "No such decision or event",
-    409: "The request conflicts with the resource's state",
+    409: "The request conflicts with the resource's state (on /score: its request_id was"
+    " used for a different request; ``field`` names the first difference)",
+    422: "The decision's gathered context holds a value the audit store cannot keep"
+    " (``extra.record_field`` says where)",
     502: "The model server refused the request",
     503: "A dependency the answer needs is down (PostgreSQL, the model server, a feature"
     " whose policy is to fail) or the gateway is overloaded; retry after ``Retry-After``",
