@@ -2,9 +2,11 @@
 spread over many, is answered 200 (or refused by the cap with ``Retry-After``), never
 failed by a pool inside the gateway.
 
-The registry gives the model a long deadline, so that a slow, loaded machine cannot turn
-a queued request into a 504: what is tested is that every pool a request passes through
-lets it wait its turn.
+The registry gives every call (online store, sources, model) a long timeout and the
+model a long deadline, so that a slow, loaded machine cannot turn a queued request into
+a timeout: what is tested is that every pool a request passes through (PostgreSQL,
+Redis, HTTP) lets it wait its turn, and that the relay, on the same PostgreSQL pool,
+publishes every decision.
 """
 
 from __future__ import annotations
@@ -36,11 +38,15 @@ CUSTOMERS = 128
 
 @pytest.fixture
 def roomy_settings(settings: GatewaySettings, tmp_path: Path) -> GatewaySettings:
-    """The test settings with a 60 s deadline for the model and the default pool sizes."""
+    """The test settings with long call timeouts and deadline, and the default pool sizes."""
     text = settings.registry_path.read_text()
-    # The model's table starts at `[[models]]`; its deadline goes right under its name.
+    # Each `timeout_ms` line at the start of a line bounds one source or model call.
+    text, calls = re.subn(r"(?m)^timeout_ms = \d+$", "timeout_ms = 30000", text)
+    assert calls >= 2
     text, found = re.subn(r'(\[\[models\]\]\nname = "fraud"\n)', r"\1deadline_ms = 60000\n", text)
     assert found == 1
+    assert "[online_store]" not in text
+    text += "\n[online_store]\ntimeout_ms = 30000\n"
     path = tmp_path / "roomy-registry.toml"
     path.write_text(text)
     assert settings.max_in_flight == BURST
