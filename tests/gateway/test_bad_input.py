@@ -10,11 +10,13 @@ import asyncpg
 import httpx
 import msgspec
 import pytest
+import redis.asyncio as aioredis
 
 from gateway.app import create_app
+from gateway.features.online_store import StoredValue
 from gateway.settings import GatewaySettings
 from tests.conftest import SampleServers, bearer, serve
-from tests.gateway.test_score import CUSTOMER_FEATURES, body, push, seed
+from tests.gateway.test_score import CUSTOMER_FEATURES, body, seed
 
 pytestmark = pytest.mark.services
 
@@ -95,12 +97,18 @@ async def test_a_request_id_postgresql_cannot_store_is_a_400(
 
 
 async def test_a_served_lineage_with_a_nul_is_refused_and_search_keeps_working(
-    client: Client, pg: asyncpg.Connection
+    client: Client, pg: asyncpg.Connection, redis_client: aioredis.Redis, redis_prefix: str
 ) -> None:
     await seed(client, "c-ok", "m-nul", timedelta(seconds=5))
-    await push(
-        client, {"customer_id": "c-nul"}, CUSTOMER_FEATURES, datetime.now(UTC), ref="cdc:\x00"
-    )
+    # /features/push refuses such a reference; another writer of the store may not.
+    now_ms = int(datetime.now(UTC).timestamp() * 1000)
+    poisoned = {
+        name: msgspec.msgpack.encode(
+            StoredValue(value, now_ms, now_ms, "lin_x", "push", "cdc", "cdc:\x00", 1, None)
+        )
+        for name, value in CUSTOMER_FEATURES.items()
+    }
+    await redis_client.hset(f"{redis_prefix}:customer:c-nul", mapping=poisoned)  # type: ignore[misc]
 
     response = await client.post("/score", json=body("c-nul", "m-nul"))
 
