@@ -41,7 +41,6 @@ from gateway.auditing import (
     PurposeHeader,
     as_answered,
     audit_handlers,
-    caused_by,
     read_decision,
     store_error,
     with_retry_after,
@@ -71,7 +70,7 @@ from writeback.audit_store import AuditStore, AuditUnavailable
 from writeback.dead_letters import DeadLetterQueue
 from writeback.decision_reads import DecisionReads
 from writeback.kafka import KafkaPublisher
-from writeback.pool import create_pool
+from writeback.pool import create_pool, reconnect_if_read_only
 from writeback.relay import OutboxRelay
 from writeback.retention import Retention
 from writeback.seals import DecisionSealer
@@ -174,9 +173,8 @@ class Gateway(InitPluginProtocol):
         for as long as they live. New connections reach whatever is primary by then,
         so the gateway heals by itself once a writable primary is back.
         """
-        if self._pool is not None and caused_by(exc, asyncpg.ReadOnlySQLTransactionError):
-            log.warning("PostgreSQL refused a write as read-only: reconnecting the pool")
-            await self._pool.expire_connections()
+        if self._pool is not None:
+            await reconnect_if_read_only(self._pool, exc)
 
     @asynccontextmanager
     async def lifespan(self, _: Litestar) -> AsyncIterator[None]:

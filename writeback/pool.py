@@ -7,6 +7,7 @@ Sessions run in UTC. Waiting for a free connection is bounded: see :class:`Bound
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import asyncpg
@@ -110,6 +111,43 @@ class BoundedPool(asyncpg.Pool):
     def acquire(self, *, timeout: float | None = None) -> PoolAcquireContext:
         """Acquire a connection, waiting at most ``timeout`` (default: the pool's bound)."""
         return super().acquire(timeout=self.acquire_timeout if timeout is None else timeout)
+
+
+log = logging.getLogger(__name__)
+
+
+def _refused_as_read_only(exc: BaseException) -> bool:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, asyncpg.ReadOnlySQLTransactionError):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
+async def reconnect_if_read_only(pool: asyncpg.Pool, exc: BaseException) -> bool:
+    """Drop the pool's connections when ``exc`` shows PostgreSQL refused a write as read-only.
+
+    A demoted primary stays reachable but refuses writes, and so does every session
+    opened while ``default_transaction_read_only`` was on: the pool's connections would
+    refuse them for as long as they live. New connections reach whatever is primary by
+    then, so whoever meets the refusal (a request, the relay, the sealer, retention)
+    makes the process heal by itself once a writable primary is back.
+
+    Args:
+        pool: The pool whose connection met ``exc``.
+        exc: The error, or one wrapping it.
+
+    Returns:
+        True when the connections were dropped.
+    """
+    if not _refused_as_read_only(exc):
+        return False
+    log.warning("PostgreSQL refused a write as read-only: reconnecting the pool")
+    await pool.expire_connections()
+    return True
 
 
 async def create_pool(config: WritebackConfig) -> BoundedPool:

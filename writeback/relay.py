@@ -43,6 +43,7 @@ from writeback import metrics
 from writeback.audit_store import NOTIFY_CHANNEL
 from writeback.config import WritebackConfig
 from writeback.kafka import KafkaPublisher, OutgoingMessage, failure_kind, is_too_large
+from writeback.pool import reconnect_if_read_only
 from writeback.tracing import publish_span, trace_headers
 
 logger = logging.getLogger(__name__)
@@ -610,6 +611,7 @@ class OutboxRelay:
                 failures += 1
                 delay = self._backoff_ms(failures) / 1000
                 logger.warning("outbox relay cycle failed (%r); retrying in %.1fs", exc, delay)
+                await reconnect_if_read_only(self._pool, exc)
                 await self._sleep(delay)
                 continue
             failures = 0

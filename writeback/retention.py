@@ -20,6 +20,7 @@ from datetime import UTC, date, datetime, timedelta
 import asyncpg
 
 from writeback.config import WritebackConfig
+from writeback.pool import reconnect_if_read_only
 
 logger = logging.getLogger(__name__)
 
@@ -203,6 +204,7 @@ class Retention:
                 report = await self.run_once()
             except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 logger.warning("retention run failed (%r); trying again in %.0fs", exc, interval)
+                await reconnect_if_read_only(self._pool, exc)
             else:
                 if report.partitions_created or report.partitions_dropped:
                     logger.info(

@@ -35,6 +35,7 @@ from typing import TypeVar
 import asyncpg
 
 from contracts.audit import VerifyReport
+from writeback.pool import reconnect_if_read_only
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +183,7 @@ class DecisionSealer:
                     pass
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("sealing decisions failed, retrying: %s", exc)
+                await reconnect_if_read_only(self._pool, exc)
             await asyncio.sleep(self._interval_s)
 
     async def start(self) -> None:
