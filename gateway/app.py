@@ -198,6 +198,7 @@ class Gateway(InitPluginProtocol):
             vector += [(c.name, c.dtype) for c in plan.model.context]
             self.models[name] = ModelClient(plan.model, vector, self._session)
         self.assembler = FeatureAssembler(self.registry, self.store, self.sources)
+        await self.store.open()
         self._pool = pool = await create_pool(self.settings.writeback)
         self._audit = AuditStore(pool, self.settings.writeback)
         await self._audit.start()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
@@ -27,6 +28,8 @@ from contracts.features import FeatureScalar, Lineage
 from contracts.registry import OnlineStoreSpec
 from gateway.breaker import BreakerOpen, DependencyBreaker
 from gateway.deadline import Deadline, DeadlineReached
+
+log = logging.getLogger(__name__)
 
 SOCKET_TIMEOUT_S = 1.0
 """Bound of one connection attempt and of one socket read, below the store's own timeout."""
@@ -142,6 +145,7 @@ class OnlineStore:
         # here, under the caller's deadline, and never inside the pool under the
         # store's timeout.
         self._slots = asyncio.Semaphore(max_connections)
+        self._max_connections = max_connections
 
     @classmethod
     def from_url(
@@ -173,9 +177,9 @@ class OnlineStore:
     ) -> list[dict[str, StoredValue]]:
         """Stored values for each entity read, in one round trip (a pipeline of HMGETs).
 
-        The read first waits for a connection (and opens it if the pool has none open)
-        within the request's deadline; then the round trip spends at most the store's
-        timeout, cut to what the request has left.
+        The read first waits for a connection within the request's deadline; opening
+        one (if the pool has none open) and then the round trip each spend at most the
+        store's timeout, cut to what the request has left.
         """
         commands = [
             ("HMGET", self.key(entity, entity_id), *names) for entity, entity_id, names in reads
@@ -183,7 +187,9 @@ class OnlineStore:
         rows: list[list[bytes | None]]
         try:
             async with self.breaker.guard(), deadline.holding(self._slots):
-                async with deadline.limit():
+                # Opening a connection (when the pool has none open) is talking to Redis:
+                # it runs under the store's timeout like the round trip.
+                async with deadline.limit(self._timeout_s):
                     connection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
                 try:
                     async with deadline.limit(self._timeout_s):
@@ -231,6 +237,24 @@ class OnlineStore:
         except (RedisError, OSError, BreakerOpen) as exc:
             raise StoreUnavailable(str(exc)) from exc
         return [w.decode() if isinstance(w, bytes) else str(w) for w in written]
+
+    async def open(self) -> None:
+        """Open the pool's connections now, at start-up.
+
+        A first burst then finds them open: opening many at once while the process is
+        busy with that burst can outlast the store's timeout through no fault of Redis.
+        A Redis that is down is no reason not to start: the reads will say so.
+        """
+        opened = await asyncio.gather(
+            *(self._pool.get_connection() for _ in range(self._max_connections)),  # type: ignore[no-untyped-call]
+            return_exceptions=True,
+        )
+        failures = [result for result in opened if isinstance(result, BaseException)]
+        for result in opened:
+            if not isinstance(result, BaseException):
+                await self._pool.release(result)
+        if failures:
+            log.warning("could not open online store connections at start-up: %s", failures[0])
 
     async def ping(self) -> None:
         """Raise when Redis does not answer (the caller bounds the wait)."""

@@ -317,13 +317,14 @@ async def test_concurrent_requests_for_one_entity_share_one_source_call(
                 for _ in range(100)
             ]
 
+            calls = {"customer_profile": 1, "txn_stats": 1, "merchant_risk": 1}
+
             async def all_waiting() -> bool:
-                return all(source.shared == 99 for source in sources)
+                joined = all(source.shared == 99 for source in sources)
+                return joined and await servers.source_calls() == calls
 
             # Every request waits on the one call per source before any reply comes back.
-            await until(all_waiting, "99 requests joining each source's call")
-            calls = {"customer_profile": 1, "txn_stats": 1, "merchant_risk": 1}
-            assert await servers.source_calls() == calls
+            await until(all_waiting, "one call per source with 99 requests joining it")
             held.release()
             answers = await asyncio.gather(*requests)
     assert {a.status_code for a in answers} == {200}, {a.text for a in answers}
