@@ -30,10 +30,6 @@ class Deadline:
         """Seconds left, never negative."""
         return max(0.0, self.expires_at - time.monotonic())
 
-    def within(self, limit_s: float) -> float:
-        """The timeout for one call: its own limit, cut to what the request has left."""
-        return min(limit_s, self.remaining())
-
     def limit(self, limit_s: float | None = None) -> CallLimit:
         """Bound one call by its own limit (if any), cut to what the request has left.
 
