@@ -65,6 +65,9 @@ class FeatureUnavailable(Unavailable):
 _FetchKey = tuple[str, str, str]
 """(source name, entity name, request path)."""
 
+_WriteKey = tuple[str, str, str, frozenset[str]]
+"""(entity name, entity id, lineage id, feature names) of a read-through write."""
+
 
 class FeatureAssembler:
     """Builds feature vectors from the online store and source APIs."""
@@ -78,7 +81,7 @@ class FeatureAssembler:
         self._registry = registry
         self._store = store
         self._sources = sources
-        self._writes: set[asyncio.Task[None]] = set()
+        self._writes: dict[_WriteKey, asyncio.Task[None]] = {}
 
     async def assemble(
         self,
@@ -215,9 +218,14 @@ class FeatureAssembler:
         """Write fetched values back to the store without making the request wait."""
         if self._store.breaker.state == "open":
             return
+        lineage_id = next(iter(values.values())).lineage_id
+        key = (entity, entity_id, lineage_id, frozenset(values))
+        if key in self._writes:
+            # Requests that shared one source call write its values back once, not each.
+            return
         task = asyncio.create_task(self._write(entity, entity_id, event_time_ms, values))
-        self._writes.add(task)
-        task.add_done_callback(self._writes.discard)
+        self._writes[key] = task
+        task.add_done_callback(lambda _: self._writes.pop(key, None))
 
     async def _write(
         self, entity: str, entity_id: str, event_time_ms: int, values: dict[str, StoredValue]
@@ -230,7 +238,7 @@ class FeatureAssembler:
     async def drain(self) -> None:
         """Wait for pending read-through writes (at shutdown)."""
         if self._writes:
-            await asyncio.gather(*self._writes, return_exceptions=True)
+            await asyncio.gather(*self._writes.values(), return_exceptions=True)
 
     def _serve_stored(
         self,

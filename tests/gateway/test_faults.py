@@ -323,7 +323,16 @@ async def test_concurrent_requests_for_one_entity_share_one_source_call(
         )
         app = create_app(local)
         async with serve(app) as client:
-            sources = gateway_of(app).sources.values()
+            gateway = gateway_of(app)
+            sources = gateway.sources.values()
+            written: list[tuple[str, str]] = []
+            write = gateway.store.write
+
+            async def counted(entity: str, entity_id: str, *args: Any) -> list[str]:
+                written.append((entity, entity_id))
+                return await write(entity, entity_id, *args)
+
+            gateway.store.write = counted  # type: ignore[method-assign]
             requests = [
                 asyncio.create_task(client.post("/score", json=body("c-one", "m-one")))
                 for _ in range(100)
@@ -339,9 +348,12 @@ async def test_concurrent_requests_for_one_entity_share_one_source_call(
             await until(all_waiting, "one call per source with 99 requests joining it")
             held.release()
             answers = await asyncio.gather(*requests)
+            await gateway.assembler.drain()  # type: ignore[union-attr]
     assert {a.status_code for a in answers} == {200}, {a.text for a in answers}
     assert {a.json()["features"]["kyc_level"]["status"] for a in answers} == {"fallback"}
     assert await servers.source_calls() == calls
+    # What the shared calls fetched is written back once per record, not once per request.
+    assert sorted(written) == [("customer", "c-one"), ("customer", "c-one"), ("merchant", "m-one")]
 
 
 async def test_a_shared_call_cut_by_its_starters_deadline_is_made_again_for_the_others(
