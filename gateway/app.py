@@ -187,7 +187,12 @@ class Gateway(InitPluginProtocol):
 
     async def start(self) -> None:
         """Connect to everything the gateway needs."""
-        connector = aiohttp.TCPConnector(limit=256, limit_per_host=128, ttl_dns_cache=300)
+        # Idle connections are let go before the servers drop them: uvicorn (MLServer,
+        # the sample servers) closes an idle keep-alive connection after 5 s, and a
+        # request sent on one it just closed fails as a disconnect, counted against it.
+        connector = aiohttp.TCPConnector(
+            limit=256, limit_per_host=128, ttl_dns_cache=300, keepalive_timeout=4.0
+        )
         self._session = aiohttp.ClientSession(
             connector=connector, timeout=aiohttp.ClientTimeout(total=None)
         )
