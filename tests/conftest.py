@@ -65,6 +65,15 @@ PG_ADMIN_DSN = os.environ.get(
 REDIS_URL = os.environ.get("SCOREGATE_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
 
+async def pg_admin(sql: str) -> None:
+    """Run one statement as the PostgreSQL superuser, outside any test database."""
+    conn = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
 def _dsn_for(database: str) -> str:
     base, _, _ = PG_ADMIN_DSN.rpartition("/")
     return f"{base}/{database}"

@@ -258,7 +258,8 @@ class _PendingCommit:
 
 
 @contextlib.contextmanager
-def _unavailable_on_error(action: str) -> Iterator[None]:
+def unavailable_on_error(action: str) -> Iterator[None]:
+    """Turn a failure to reach or use PostgreSQL inside the block into AuditUnavailable."""
     try:
         yield
     except _STORE_ERRORS as exc:
@@ -508,7 +509,7 @@ class AuditStore:
             AuditUnavailable: PostgreSQL could not be reached.
             RequestMismatch: The decision under the id was made for another request.
         """
-        with _unavailable_on_error("read the decision"):
+        with unavailable_on_error("read the decision"):
             row = await self._pool.fetchrow(_FIND_BY_REQUEST, caller, request_id)
         if row is None:
             return None
@@ -535,7 +536,7 @@ class AuditStore:
         key = _parse_uuid(decision_id)
         if key is None:
             return None
-        with _unavailable_on_error("read the decision"):
+        with unavailable_on_error("read the decision"):
             row = await self._pool.fetchrow(_GET, key)
         return None if row is None else _record_from_row(row)
 
@@ -562,7 +563,7 @@ class AuditStore:
         key = _parse_uuid(decision_id)
         if key is None:
             return None
-        with _unavailable_on_error("roll the decision back"):
+        with unavailable_on_error("roll the decision back"):
             async with self._pool.acquire() as conn:
                 return await self._rollback(conn, key, reason, actor)
 
@@ -614,7 +615,7 @@ class AuditStore:
         Raises:
             AuditUnavailable: It does not.
         """
-        with _unavailable_on_error("reach PostgreSQL"):
+        with unavailable_on_error("reach PostgreSQL"):
             async with asyncio.timeout(_PING_TIMEOUT_S):
                 await self._pool.fetchval("SELECT 1")
 

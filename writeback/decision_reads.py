@@ -11,9 +11,7 @@ from the audit store.
 from __future__ import annotations
 
 import base64
-import contextlib
 import uuid
-from collections.abc import Iterator
 from datetime import datetime
 from typing import Literal
 
@@ -30,10 +28,8 @@ from contracts.audit import (
 )
 from contracts.decisions import Subject
 from contracts.scoring import ModelRef
-from writeback.audit_store import AuditUnavailable
+from writeback.audit_store import unavailable_on_error
 from writeback.seals import verify
-
-_STORE_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 _RECORD_READ = """
 INSERT INTO decision_reads (decision_id, key_id, via, purpose) VALUES ($1, $2, $3, $4)
@@ -95,14 +91,6 @@ def decode_cursor(cursor: str) -> _Cursor:
     return position
 
 
-@contextlib.contextmanager
-def _unavailable_on_error(action: str) -> Iterator[None]:
-    try:
-        yield
-    except _STORE_ERRORS as exc:
-        raise AuditUnavailable(f"could not {action}", exc) from exc
-
-
 class DecisionReads:
     """The access log, decision search and chain verification, on the shared pool.
 
@@ -117,12 +105,12 @@ class DecisionReads:
         self, decision_id: str, key_id: str, via: ReadVia, purpose: str | None
     ) -> None:
         """Record one read of a decision's context."""
-        with _unavailable_on_error("record the read"):
+        with unavailable_on_error("record the read"):
             await self._pool.execute(_RECORD_READ, uuid.UUID(decision_id), key_id, via, purpose)
 
     async def access_log(self, decision_id: str) -> AccessLog:
         """Every recorded read of a decision, oldest first."""
-        with _unavailable_on_error("read the access log"):
+        with unavailable_on_error("read the access log"):
             rows = await self._pool.fetch(_ACCESS_LOG, uuid.UUID(decision_id))
         return AccessLog(
             decision_id=decision_id,
@@ -151,7 +139,7 @@ class DecisionReads:
     ) -> DecisionPage:
         """One page of decisions matching every given filter, newest first."""
         after = decode_cursor(cursor) if cursor else None
-        with _unavailable_on_error("search decisions"):
+        with unavailable_on_error("search decisions"):
             rows = await self._pool.fetch(
                 _SEARCH,
                 subject,
@@ -186,5 +174,5 @@ class DecisionReads:
 
     async def verify(self, since: datetime | None = None) -> VerifyReport:
         """Walk the hash chain (from the last seal before ``since``) and check it."""
-        with _unavailable_on_error("verify the hash chain"):
+        with unavailable_on_error("verify the hash chain"):
             return await verify(self._pool, since)

@@ -23,7 +23,7 @@ import pytest
 from gateway.app import create_app
 from gateway.auth import COOKIE
 from gateway.settings import GatewaySettings
-from tests.conftest import KEYS, PG_ADMIN_DSN, serve
+from tests.conftest import KEYS, pg_admin, serve
 from tests.gateway.test_score import body, seed
 from tests.system.tcp_proxy import TcpProxy
 
@@ -128,14 +128,6 @@ async def test_every_route_answers_503_with_retry_after_while_postgresql_is_cut(
             await until(healed, HEAL_S, "the gateway did not reconnect to PostgreSQL")
 
 
-async def admin(sql: str) -> None:
-    conn = await asyncpg.connect(PG_ADMIN_DSN)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 async def test_a_demoted_primary_is_a_503_that_heals_when_a_writable_one_is_back(
     settings: GatewaySettings, database_url: str
 ) -> None:
@@ -148,8 +140,8 @@ async def test_a_demoted_primary_is_a_503_that_heals_when_a_writable_one_is_back
             "GET /decisions/{id}": routes(decision_id, event_id)["GET /decisions/{id}"],
         }
 
-        await admin(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
-        await admin(
+        await pg_admin(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+        await pg_admin(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
             f" WHERE datname = '{name}' AND pid <> pg_backend_pid()"
         )
@@ -162,7 +154,7 @@ async def test_a_demoted_primary_is_a_503_that_heals_when_a_writable_one_is_back
         search = await http.get("/decisions", params={"subject": "c-pg"})
         assert search.status_code == 200, "a read needs no writable primary"
 
-        await admin(f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
+        await pg_admin(f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
 
         async def healed() -> bool:
             answers = [await call(http) for call in writes.values()]

@@ -16,7 +16,7 @@ import asyncpg
 import pytest
 
 from gateway.dev.broker import LocalBroker
-from tests.conftest import PG_ADMIN_DSN
+from tests.conftest import pg_admin
 from tests.writeback.conftest import commit, make_record
 from writeback.audit_store import AuditStore
 from writeback.config import WritebackConfig
@@ -39,20 +39,12 @@ def config(database_url: str, broker: LocalBroker, topic: str) -> WritebackConfi
     )
 
 
-async def admin(sql: str) -> None:
-    conn = await asyncpg.connect(PG_ADMIN_DSN)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 @pytest.fixture
 async def demotion(database_url: str) -> AsyncIterator[str]:
     """The test database's name; it is writable again afterwards whatever happened."""
     name = database_url.rpartition("/")[2]
     yield name
-    await admin(f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
+    await pg_admin(f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
 
 
 async def test_the_relay_reconnects_its_pool_after_a_demoted_primary_is_writable_again(
@@ -63,8 +55,8 @@ async def test_the_relay_reconnects_its_pool_after_a_demoted_primary_is_writable
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     await commit(store, make_record("c-ro"))
-    await admin(f'ALTER DATABASE "{demotion}" SET default_transaction_read_only = on')
-    await admin(
+    await pg_admin(f'ALTER DATABASE "{demotion}" SET default_transaction_read_only = on')
+    await pg_admin(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
         f" WHERE datname = '{demotion}' AND pid <> pg_backend_pid()"
     )
@@ -76,7 +68,7 @@ async def test_the_relay_reconnects_its_pool_after_a_demoted_primary_is_writable
         async with asyncio.timeout(30):
             while not any("read-only" in r.getMessage() for r in caplog.records):
                 await asyncio.sleep(0.05)
-        await admin(f'ALTER DATABASE "{demotion}" RESET default_transaction_read_only')
+        await pg_admin(f'ALTER DATABASE "{demotion}" RESET default_transaction_read_only')
         async with asyncio.timeout(30):
             while await pool.fetchval("SELECT status FROM outbox") != "delivered":
                 await asyncio.sleep(0.05)
