@@ -1,5 +1,7 @@
-"""What auditors read besides decision records: search pages, the access log, replays
-and the verdict of the tamper-evidence check."""
+"""What auditors read besides decision records.
+
+Search pages, the access log, replays and the verdict of the tamper-evidence check.
+"""
 
 from __future__ import annotations
 
@@ -45,7 +47,12 @@ class DecisionSummary(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class DecisionPage(msgspec.Struct, frozen=True, kw_only=True):
-    """One page of a search, newest first; ``next_cursor`` fetches the next page."""
+    """One page of a search, newest first.
+
+    Attributes:
+        items: The decisions on this page.
+        next_cursor: Pass as ``cursor`` for the next page; None on the last one.
+    """
 
     items: list[DecisionSummary]
     next_cursor: str | None = None
@@ -66,7 +73,16 @@ class ReplayOutcome(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ReplayResult(msgspec.Struct, frozen=True, kw_only=True):
-    """The recorded outcome beside the replayed one; ``match`` when they agree."""
+    """The recorded outcome beside the replayed one.
+
+    Attributes:
+        decision_id: The decision that was replayed.
+        original: The outcome as recorded with the decision.
+        replayed: The recorded vector scored again, by the requested model version or
+            else the recorded one.
+        match: Whether the labels agree and the outputs are equal (numbers to a
+            relative 1e-9).
+    """
 
     decision_id: str
     original: ReplayOutcome
@@ -77,9 +93,16 @@ class ReplayResult(msgspec.Struct, frozen=True, kw_only=True):
 class VerifyReport(msgspec.Struct, frozen=True, kw_only=True):
     """The result of walking the hash chain of decision records.
 
-    ``first_mismatch`` names the first record whose content or link does not match
-    its seal (or a sealed record that is gone); ``unsealed`` counts records committed
-    too recently to be sealed yet.
+    Attributes:
+        ok: Whether every seal checked holds.
+        checked: How many seals were found sound.
+        unsealed: Records committed too recently to be sealed yet (not checked).
+        first_mismatch: The first record whose content or link does not match its
+            seal (or a sealed record that is gone); None when the chain holds.
+        reason: What is wrong at ``first_mismatch`` (the seal does not link, the
+            record is missing, or it does not match its seal).
+        chain_head: The hash (hex) the chain holds up to: its last seal when it holds,
+            else the seal before ``first_mismatch``.
     """
 
     ok: bool

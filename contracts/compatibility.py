@@ -117,9 +117,9 @@ def breaking_changes(old: JSONObject, new: JSONObject, direction: Direction) -> 
     """What in ``new`` breaks callers built against ``old``, one line per break.
 
     Args:
-        old: the released JSON Schema document (with its ``$defs``).
-        new: the JSON Schema document of the same type now.
-        direction: whether callers send or receive the type.
+        old: The released JSON Schema document (with its ``$defs``).
+        new: The JSON Schema document of the same type now.
+        direction: Whether callers send or receive the type.
 
     Returns:
         ``<Type>.<field path>: <what changed>`` for each break, in schema order;
@@ -380,8 +380,11 @@ class _Comparison:
     def _closest(
         self, narrow: _Alternative, candidates: list[_Alternative], path: str
     ) -> _Alternative:
-        """The branch that stands for ``narrow``: the only one, the one of the same name,
-        or the one with the fewest breaks."""
+        """The branch that stands for ``narrow``.
+
+        That is the only candidate, else the one of the same name, else the one with
+        the fewest breaks.
+        """
         if len(candidates) == 1:
             return candidates[0]
         named = [alt for alt in candidates if alt.name is not None and alt.name == narrow.name]

@@ -51,10 +51,11 @@ class WritebackState(msgspec.Struct, frozen=True, kw_only=True):
 class WritebackEntry(msgspec.Struct, frozen=True, kw_only=True):
     """One step in the history of an outcome event; entries are only ever appended.
 
-    ``committed``: queued with its decision; ``published``: acknowledged by Kafka on
-    ``topic`` at ``partition``/``offset``; ``dead_lettered``: written to the
-    dead-letter topic ``topic`` after ``error``; ``redriven``: sent again by
-    ``actor`` from the dead-letter queue.
+    Attributes:
+        stage: ``committed``: queued with its decision; ``published``: acknowledged
+            by Kafka on ``topic`` at ``partition``/``offset``; ``dead_lettered``:
+            written to the dead-letter topic ``topic`` after ``error``; ``redriven``:
+            sent again by ``actor`` from the dead-letter queue.
     """
 
     event_id: str

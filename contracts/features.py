@@ -27,8 +27,9 @@ Identifier = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 class Lineage(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """Where a value came from: the upstream record and how it was turned into a feature.
 
-    ``kind`` is ``push`` for values written through ``/features/push`` and
-    ``fallback`` for values fetched from a source API by the gateway.
+    Attributes:
+        kind: ``push`` for values written through ``/features/push``, ``fallback`` for
+            values fetched from a source API by the gateway.
     """
 
     lineage_id: str

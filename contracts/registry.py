@@ -27,9 +27,12 @@ class Entity(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     """Something decisions and features are about, and the key that names one.
 
     Ids of an entity go into source API paths and online-store keys, so callers may
-    send only ids the entity admits: at most ``max_length`` characters and, when it
-    is given, a full match of ``pattern`` (a Python regular expression, e.g.
-    ``^[A-Za-z0-9_-]{1,64}$``); without a pattern, any id without control characters.
+    send only ids the entity admits.
+
+    Attributes:
+        pattern: A Python regular expression an id must match in full (e.g.
+            ``^[A-Za-z0-9_-]{1,64}$``); without one, any id without control characters.
+        max_length: The most characters an id may have.
     """
 
     name: Name
@@ -78,8 +81,9 @@ class Source(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 class Feature(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A feature: its entity, type, freshness SLA, fallback source and failure policy.
 
-    ``include_in_events`` decides whether its value travels in outcome events; by
-    default every feature does except those classified ``pii``.
+    Attributes:
+        include_in_events: Whether its value travels in outcome events; by default
+            every feature's does except those classified ``pii``.
     """
 
     name: Name
@@ -110,9 +114,11 @@ class ContextFeature(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
 class ModelInput(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """How the feature vector is laid out in the inference request.
 
-    ``tensor``: one input named ``name`` of shape ``[1, n]`` in the model's feature
-    order (scikit-learn style servers); ``columns``: one input per feature, named
-    after it, of shape ``[1]`` (Triton-style models with named inputs).
+    Attributes:
+        layout: ``tensor``: one input named ``name`` of shape ``[1, n]`` in the
+            model's feature order (scikit-learn style servers); ``columns``: one input
+            per feature, named after it, of shape ``[1]`` (Triton-style models with
+            named inputs).
     """
 
     layout: Literal["tensor", "columns"] = "tensor"
@@ -138,8 +144,10 @@ class DecisionPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
 class Model(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A model served over the Open Inference Protocol v2 and its feature vector.
 
-    ``timeout_ms`` bounds one inference call; ``deadline_ms`` is the default budget of
-    a whole ``/score`` request for this model (callers may lower it per request).
+    Attributes:
+        timeout_ms: Bound of one inference call.
+        deadline_ms: The default budget of a whole ``/score`` request for this model
+            (callers may lower it per request).
     """
 
     name: Name

@@ -111,8 +111,8 @@ def write_schemas(
     """Write schemas, pretty-printed, one file per type; files of other types go.
 
     Args:
-        directory: the folder to fill.
-        schemas: what to write; the current schemas when not given.
+        directory: The folder to fill.
+        schemas: What to write; the current schemas when not given.
 
     Returns:
         The files written.
@@ -211,15 +211,15 @@ def release(
     a new one must be the next major version after the last released.
 
     Args:
-        version: the major version to release.
-        released_dir: the folder of all baselines.
-        schemas: the schemas to release; the current ones when not given.
+        version: The major version to release.
+        released_dir: The folder of all baselines.
+        schemas: The schemas to release; the current ones when not given.
 
     Returns:
         The baseline folder written.
 
     Raises:
-        ReleaseError: the schemas break the existing baseline, or ``version`` is not
+        ReleaseError: The schemas break the existing baseline, or ``version`` is not
             the next one.
     """
     schemas = current_schemas() if schemas is None else schemas
@@ -238,7 +238,14 @@ def release(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Write the schema files (and, with ``--release``, the baseline) and list them."""
+    """Write the schema files (and, with ``--release``, the baseline) and list them.
+
+    Args:
+        argv: The command-line arguments; ``sys.argv[1:]`` when not given.
+
+    Returns:
+        The exit status: 1 if the baseline cannot be cut, else 0.
+    """
     parser = argparse.ArgumentParser(prog="python -m contracts.schemas", description=__doc__)
     parser.add_argument(
         "--release",

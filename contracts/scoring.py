@@ -12,9 +12,12 @@ from contracts.features import FeatureScalar, FeatureValue, Identifier
 class ScoreRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A request to score one subject with one model.
 
-    ``entities`` maps entity keys (``customer_id``) to ids; ``context`` carries the
-    request-time features the model declares. ``request_id`` makes retries safe: the
-    same caller sending it again gets the first decision back.
+    Attributes:
+        model: The model's name in the registry.
+        entities: Entity keys (``customer_id``) to ids.
+        request_id: Makes retries safe: the same caller sending it again gets the
+            first decision back.
+        context: The request-time features the model declares, by name.
     """
 
     model: Identifier

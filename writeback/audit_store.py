@@ -189,6 +189,9 @@ class AuditUnavailable(Exception):
 
     No decision may be given that cannot be audited, so callers answer 503.
 
+    Args:
+        message: What could not be done; the cause's repr, if any, is appended.
+
     Attributes:
         cause: The error from PostgreSQL or the connection, if any.
     """
@@ -259,7 +262,15 @@ class _PendingCommit:
 
 @contextlib.contextmanager
 def unavailable_on_error(action: str) -> Iterator[None]:
-    """Turn a failure to reach or use PostgreSQL inside the block into AuditUnavailable."""
+    """Turn a failure to reach or use PostgreSQL inside the block into AuditUnavailable.
+
+    Args:
+        action: What the block does, for the message (``could not <action>``).
+
+    Raises:
+        AuditUnavailable: The block raised an OS, timeout, PostgreSQL or asyncpg
+            interface error; that error is its cause.
+    """
     try:
         yield
     except _STORE_ERRORS as exc:

@@ -82,7 +82,13 @@ class WritebackConfig(msgspec.Struct, frozen=True):
     maintenance_interval_s: float = 3600.0
 
     def __post_init__(self) -> None:
-        """Reject settings the relay or the pool cannot work with."""
+        """Reject settings the relay or the pool cannot work with.
+
+        Raises:
+            ValueError: A count, size or interval that must be positive is below 1, a
+                period is negative, the pool's minimum exceeds its maximum, the topic
+                is empty, or the dead-letter topic is the outcome topic.
+        """
         positive = {
             "topic_partitions": self.topic_partitions,
             "relay_batch_size": self.relay_batch_size,

@@ -80,6 +80,10 @@ class BadDeadLetterCursor(ValueError):
 class NotDeadLettered(Exception):
     """A redrive of an event that is not in the dead-letter queue.
 
+    Args:
+        event_id: The event's id, for the message.
+        status: Where the event stands.
+
     Attributes:
         status: Where the event stands (``pending`` or ``delivered``).
     """

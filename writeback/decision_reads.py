@@ -1,6 +1,6 @@
-"""Reading decisions as an auditor: the access log of each decision, keyset search and
-the hash chain's verification.
+"""Reading decisions as an auditor.
 
+The access log of each decision, keyset search and the hash chain's verification.
 Every read of a decision's context is recorded (who, when, how, why); search lists
 summaries only, newest first, with an opaque cursor over ``(decided_at, decision_id)``
 so that a page costs the same at the millionth row as at the first. A failure of
@@ -75,13 +75,32 @@ _decode_cursor = msgspec.msgpack.Decoder(_Cursor).decode
 
 
 def encode_cursor(decided_at: datetime, decision_id: str) -> str:
-    """An opaque cursor after the given decision."""
+    """An opaque cursor after the given decision.
+
+    Args:
+        decided_at: When the decision was made.
+        decision_id: The decision's UUID.
+
+    Returns:
+        URL-safe base64 without padding; a search given it lists what comes after
+        that decision, newest first.
+    """
     raw = _encode_cursor(_Cursor(decided_at=decided_at, decision_id=decision_id))
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 def decode_cursor(cursor: str) -> _Cursor:
-    """The position a cursor names; :class:`BadCursor` if it is not one of ours."""
+    """The position a cursor names.
+
+    Args:
+        cursor: A cursor from :func:`encode_cursor`.
+
+    Returns:
+        The decision time and id the cursor was made after.
+
+    Raises:
+        BadCursor: The cursor is not one of ours.
+    """
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         position = _decode_cursor(raw)
@@ -96,6 +115,10 @@ class DecisionReads:
 
     Every method raises :class:`~writeback.audit_store.AuditUnavailable` when
     PostgreSQL cannot be reached or refuses the statement.
+
+    Args:
+        pool: The shared pool; each method runs one statement (or, for
+            :meth:`verify`, one per batch) on a connection of it.
     """
 
     def __init__(self, pool: asyncpg.Pool) -> None:
@@ -104,12 +127,32 @@ class DecisionReads:
     async def record(
         self, decision_id: str, key_id: str, via: ReadVia, purpose: str | None
     ) -> None:
-        """Record one read of a decision's context."""
+        """Record one read of a decision's context.
+
+        Args:
+            decision_id: The decision's UUID.
+            key_id: The API key that read it.
+            via: How it was read.
+            purpose: Why, as the reader gave it.
+
+        Raises:
+            ValueError: ``decision_id`` is not a UUID.
+        """
         with unavailable_on_error("record the read"):
             await self._pool.execute(_RECORD_READ, uuid.UUID(decision_id), key_id, via, purpose)
 
     async def access_log(self, decision_id: str) -> AccessLog:
-        """Every recorded read of a decision, oldest first."""
+        """Every recorded read of a decision, oldest first.
+
+        Args:
+            decision_id: The decision's UUID.
+
+        Returns:
+            The reads; none for a decision never read (or not made).
+
+        Raises:
+            ValueError: ``decision_id`` is not a UUID.
+        """
         with unavailable_on_error("read the access log"):
             rows = await self._pool.fetch(_ACCESS_LOG, uuid.UUID(decision_id))
         return AccessLog(
@@ -137,7 +180,23 @@ class DecisionReads:
         limit: int = 50,
         cursor: str | None = None,
     ) -> DecisionPage:
-        """One page of decisions matching every given filter, newest first."""
+        """One page of decisions matching every given filter, newest first.
+
+        Args:
+            subject: The subject's entity id.
+            model: The model's name.
+            status: Only decisions made and not rolled back, or only rolled back ones.
+            since: Decided at or after this time.
+            until: Decided before this time.
+            limit: Page size.
+            cursor: ``next_cursor`` of the previous page.
+
+        Returns:
+            The page; its ``next_cursor`` is None on the last one.
+
+        Raises:
+            BadCursor: The cursor is not one a search gave out.
+        """
         after = decode_cursor(cursor) if cursor else None
         with unavailable_on_error("search decisions"):
             rows = await self._pool.fetch(
@@ -173,6 +232,13 @@ class DecisionReads:
         return DecisionPage(items=items, next_cursor=next_cursor)
 
     async def verify(self, since: datetime | None = None) -> VerifyReport:
-        """Walk the hash chain (from the last seal before ``since``) and check it."""
+        """Walk the hash chain (from the last seal before ``since``) and check it.
+
+        Args:
+            since: Check only seals of records committed from then on; all when None.
+
+        Returns:
+            The verdict, as :func:`writeback.seals.verify` gives it.
+        """
         with unavailable_on_error("verify the hash chain"):
             return await verify(self._pool, since)

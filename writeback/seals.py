@@ -126,7 +126,15 @@ _UNSEALED_COUNT = "SELECT count(*) FROM decision_seal_queue"
 
 
 def link(prev_hash: bytes, record: bytes) -> bytes:
-    """The seal of a record (its JSON text's UTF-8 bytes) that follows ``prev_hash``."""
+    """The seal of a record that follows ``prev_hash``.
+
+    Args:
+        prev_hash: The previous seal's hash (:data:`GENESIS` for the first record).
+        record: The record's JSON text as UTF-8 bytes, as committed.
+
+    Returns:
+        ``sha256(prev_hash || record)``.
+    """
     return hashlib.sha256(prev_hash + record).digest()
 
 
@@ -136,8 +144,10 @@ async def _off_loop(work: Callable[..., T], *args: object) -> T:
 
 
 class _Seals:
-    """The seals that extend the chain over a batch taken from the queue, as
-    :data:`_SEAL` takes them."""
+    """The seals that extend the chain over a batch taken from the queue.
+
+    They are kept in the form :data:`_SEAL` takes them.
+    """
 
     def __init__(self, rows: Sequence[asyncpg.Record], prev: bytes) -> None:
         self.taken = ",".join(str(row["seq"]) for row in rows)
@@ -154,7 +164,13 @@ class _Seals:
 
 
 class DecisionSealer:
-    """Extends the chain with every newly committed decision, in the background."""
+    """Extends the chain with every newly committed decision, in the background.
+
+    Args:
+        pool: The audit database's pool; a pass holds one connection.
+        interval_s: Seconds to wait after a pass that found less than a full batch.
+        batch: Records sealed per transaction at most.
+    """
 
     def __init__(self, pool: asyncpg.Pool, interval_s: float = 1.0, batch: int = 1000) -> None:
         self._pool = pool
@@ -163,7 +179,16 @@ class DecisionSealer:
         self._task: asyncio.Task[None] | None = None
 
     async def seal_once(self) -> int:
-        """Seal what is unsealed (up to a batch); returns how many were sealed."""
+        """Seal what is unsealed, up to a batch, in one transaction.
+
+        Returns:
+            How many queue entries were taken (sealed, or dropped because their
+            record is gone); 0 when another sealer holds the chain.
+
+        Raises:
+            asyncpg.PostgresError: A statement failed; nothing of the batch is sealed.
+            OSError: PostgreSQL could not be reached.
+        """
         async with self._pool.acquire() as conn, conn.transaction():
             if not await conn.fetchval(_LOCK):
                 return 0  # another sealer holds the chain

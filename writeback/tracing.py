@@ -27,7 +27,16 @@ def current_traceparent() -> str | None:
 
 @contextmanager
 def publish_span(topic: str, event_id: str, traceparent: str | None) -> Iterator[Span]:
-    """A producer span for one event, child of the request that committed it."""
+    """A producer span for one event, child of the request that committed it.
+
+    Args:
+        topic: The topic the event is published to.
+        event_id: The event's CloudEvents id.
+        traceparent: The committing request's ``traceparent``; None starts a new trace.
+
+    Yields:
+        The span, current while the block runs.
+    """
     parent = _propagator.extract({"traceparent": traceparent}) if traceparent else None
     with tracer.start_as_current_span(
         f"publish {topic}",
