@@ -5,13 +5,18 @@ WORKDIR /src
 COPY .ci/uv-requirements.txt /tmp/uv-requirements.txt
 RUN pip install --no-cache-dir --require-hashes -r /tmp/uv-requirements.txt
 ENV UV_PROJECT_ENVIRONMENT=/opt/scoregate UV_PYTHON_DOWNLOADS=never UV_COMPILE_BYTECODE=1
+# The sample stack (sample/, scoregate-dev) is a member of the uv workspace: its pyproject
+# is needed to check the lock, its code is not, and only the product is installed (no
+# extras, so neither the sample stack nor numpy).
 COPY pyproject.toml uv.lock README.md ./
+COPY sample/pyproject.toml ./sample/pyproject.toml
 # The locked dependencies first (a layer that changes only with the lock), then the project.
-RUN uv sync --locked --no-install-project --no-editable --python /usr/local/bin/python3.11
+RUN uv sync --locked --no-install-workspace --no-editable --package scoregate \
+    --python /usr/local/bin/python3.11
 COPY contracts ./contracts
 COPY gateway ./gateway
 COPY writeback ./writeback
-RUN uv sync --locked --no-editable --python /usr/local/bin/python3.11
+RUN uv sync --locked --no-editable --package scoregate --python /usr/local/bin/python3.11
 
 FROM python:3.11-slim
 RUN useradd --create-home --uid 10001 scoregate

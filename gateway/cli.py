@@ -22,6 +22,24 @@ from gateway.auth import ROLES, new_key
 from gateway.registry import RegistryError, load_registry
 from gateway.settings import GatewaySettings, writeback_from_env
 
+SAMPLE_STACK_MISSING = (
+    "scoregate: `scoregate {command}` runs the sample stack (package scoregate_dev), which is"
+    " not installed here; in a checkout of scoregate, install it with `bash .ci/setup`"
+    " (or `uv sync --locked --extra dev`, or `pip install ./sample`)"
+)
+
+
+def _sample_stack_installed() -> bool:
+    # The sample stack is a separate distribution (sample/, scoregate-dev) that the
+    # deployed gateway does not carry; dev and demo need it, nothing else does.
+    try:
+        import scoregate_dev  # noqa: F401
+    except ModuleNotFoundError as exc:
+        if exc.name != "scoregate_dev":
+            raise
+        return False
+    return True
+
 
 def _serve(args: argparse.Namespace) -> int:
     settings = GatewaySettings.from_env()
@@ -133,7 +151,7 @@ async def _maintain() -> int:
 
 
 async def _dev(args: argparse.Namespace) -> int:
-    from gateway.dev.stack import DevStack
+    from scoregate_dev.stack import DevStack
 
     stack = DevStack(port=args.port)
     try:
@@ -168,7 +186,7 @@ def _show(title: str, payload: Any) -> None:
 
 
 async def _demo(args: argparse.Namespace) -> int:
-    from gateway.dev.stack import DevStack
+    from scoregate_dev.stack import DevStack
 
     stack = DevStack(port=args.port)
     try:
@@ -284,9 +302,13 @@ def _parser() -> argparse.ArgumentParser:
     dlq_redrive = dlq_commands.add_parser("redrive", help="publish a dead letter again")
     dlq_redrive.add_argument("event_id", help="the event's id (its ce_id)")
     dlq_redrive.add_argument("--actor", default="cli", help="who redrives it (kept in history)")
-    dev = commands.add_parser("dev", help="the whole stack on this machine, until Ctrl-C")
+    dev = commands.add_parser(
+        "dev", help="the sample stack on this machine, until Ctrl-C (needs scoregate-dev)"
+    )
     dev.add_argument("--port", type=int, default=8000)
-    demo = commands.add_parser("demo", help="start the dev stack and send requests through it")
+    demo = commands.add_parser(
+        "demo", help="start the sample stack and send requests through it (needs scoregate-dev)"
+    )
     demo.add_argument("--port", type=int, default=8000)
     demo.add_argument("--stay", action="store_true", help="keep the stack up afterwards")
     audit = commands.add_parser("audit", help="audit tools")
@@ -325,6 +347,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             code = asyncio.run(_maintain())
         elif args.command == "dlq":
             code = asyncio.run(_dlq(args))
+        elif args.command in ("dev", "demo") and not _sample_stack_installed():
+            print(SAMPLE_STACK_MISSING.format(command=args.command), file=sys.stderr)
+            code = 2
         elif args.command == "dev":
             with contextlib.suppress(KeyboardInterrupt):
                 code = asyncio.run(_dev(args))

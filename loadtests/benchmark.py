@@ -76,8 +76,8 @@ from probes import AuditCommit, ModelCall, ModelShape, RedisRead
 from traffic import MERCHANTS, fresh_customers, score_body
 
 from gateway.auth import key_from_secret, parse_dev_keys
-from gateway.dev.broker import free_port, wait_for_port
-from gateway.dev.stack import DEFAULT_DATABASE_URL, DevStack
+from scoregate_dev.broker import free_port, wait_for_port
+from scoregate_dev.stack import DEFAULT_DATABASE_URL, DevStack
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"

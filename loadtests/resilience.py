@@ -24,8 +24,8 @@ from typing import Any
 import aiohttp
 from open_loop import run_phase
 
-from gateway.dev.broker import free_port, wait_for_port
-from gateway.dev.stack import DevStack
+from scoregate_dev.broker import free_port, wait_for_port
+from scoregate_dev.stack import DevStack
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 
-from gateway.dev.stack import DevStack
+from scoregate_dev.stack import DevStack
 from writeback.migrate import ensure_database, migrate
 
 RESULTS = Path(__file__).parent / "results"

@@ -42,8 +42,8 @@ from feed import FeatureFeed
 from open_loop import run_phase
 from traffic import fresh_customers
 
-from gateway.dev.broker import free_port
-from gateway.dev.stack import DevStack
+from scoregate_dev.broker import free_port
+from scoregate_dev.stack import DevStack
 from writeback.migrate import ensure_database, migrate
 
 DATABASE_NAME = "scoregate_verify_bench"

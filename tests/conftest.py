@@ -29,8 +29,8 @@ from litestar import Litestar
 
 from gateway.app import create_app
 from gateway.auth import key_from_secret
-from gateway.dev.broker import LocalBroker, free_port, wait_for_port
 from gateway.settings import GatewaySettings
+from scoregate_dev.broker import LocalBroker, free_port, wait_for_port
 from writeback.config import WritebackConfig
 
 # One key per role, a second scorer (another caller) and an auditor with the pii scope.
@@ -135,7 +135,7 @@ async def redis_prefix(redis_url: str) -> AsyncIterator[str]:
         await client.aclose()
 
 
-SAMPLE_REGISTRY = Path(__file__).parents[1] / "gateway" / "dev" / "sample_registry.toml"
+SAMPLE_REGISTRY = Path(__file__).parents[1] / "sample" / "scoregate_dev" / "sample_registry.toml"
 
 
 @dataclass
@@ -186,8 +186,8 @@ async def _spawn(module: str, port: int, *args: str) -> asyncio.subprocess.Proce
 async def sample_servers() -> AsyncIterator[SampleServers]:
     """Sample sources (no added latency) and the sample model, for the whole session."""
     sources_port, model_port = free_port(), free_port()
-    sources = await _spawn("gateway.dev.sample_sources", sources_port, "--latency-scale", "0")
-    model = await _spawn("gateway.dev.sample_model", model_port)
+    sources = await _spawn("scoregate_dev.sample_sources", sources_port, "--latency-scale", "0")
+    model = await _spawn("scoregate_dev.sample_model", model_port)
     async with aiohttp.ClientSession() as http:
         yield SampleServers(
             sources_url=f"http://127.0.0.1:{sources_port}",

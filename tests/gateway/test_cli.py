@@ -12,8 +12,8 @@ import msgspec
 import pytest
 
 from gateway.app import create_app
-from gateway.dev.broker import LocalBroker
 from gateway.settings import GatewaySettings
+from scoregate_dev.broker import LocalBroker
 from tests.conftest import consume, serve
 from tests.gateway.test_score import body, seed
 

@@ -10,7 +10,7 @@ import msgspec
 import pytest
 
 from contracts.events import DecisionMade, DecisionRolledBack, OutcomeEvent
-from gateway.dev.broker import LocalBroker
+from scoregate_dev.broker import LocalBroker
 from tests.conftest import consume
 from tests.gateway.test_score import body, seed
 

@@ -23,8 +23,8 @@ import pytest
 from litestar import Litestar
 
 from gateway.app import Gateway, create_app
-from gateway.dev.broker import free_port, wait_for_port
 from gateway.settings import GatewaySettings
+from scoregate_dev.broker import free_port, wait_for_port
 from tests.conftest import SampleServers, serve
 from tests.gateway.test_breaker import ManualClock
 from tests.gateway.test_score import body, seed

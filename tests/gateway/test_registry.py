@@ -9,7 +9,7 @@ import pytest
 
 from gateway.registry import RegistryError, coerce, load_registry, parse_registry
 
-SAMPLE = Path(__file__).parents[2] / "gateway" / "dev" / "sample_registry.toml"
+SAMPLE = Path(__file__).parents[2] / "sample" / "scoregate_dev" / "sample_registry.toml"
 
 
 def sample_text() -> str:

@@ -18,7 +18,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from contracts.events import DECISION_MADE
-from gateway.dev.broker import LocalBroker
+from scoregate_dev.broker import LocalBroker
 from tests.conftest import bearer
 
 

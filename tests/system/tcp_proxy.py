@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from gateway.dev.broker import free_port
+from scoregate_dev.broker import free_port
 
 
 class TcpProxy:

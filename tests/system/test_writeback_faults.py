@@ -22,8 +22,8 @@ import pytest
 
 from contracts.events import DECISION_MADE, DECISION_ROLLED_BACK
 from gateway.app import create_app
-from gateway.dev.broker import LocalBroker, free_port, wait_for_port
 from gateway.settings import GatewaySettings
+from scoregate_dev.broker import LocalBroker, free_port, wait_for_port
 from tests.conftest import API_KEYS, bearer, serve
 from tests.system.conftest import (
     ce_id,

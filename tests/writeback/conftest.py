@@ -19,7 +19,7 @@ from contracts.decisions import DecisionRecord, StageTimings, Subject
 from contracts.events import DecisionMade
 from contracts.features import FeatureValue, Lineage
 from contracts.scoring import ModelRef, ScoreRequest
-from gateway.dev.broker import LocalBroker
+from scoregate_dev.broker import LocalBroker
 from writeback.audit_store import AuditStore
 from writeback.config import WritebackConfig
 from writeback.pool import create_pool

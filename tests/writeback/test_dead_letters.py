@@ -17,7 +17,7 @@ from aiokafka.errors import KafkaError, TopicAuthorizationFailedError
 from aiokafka.structs import RecordMetadata
 
 from contracts.events import DECISION_MADE, DECISION_ROLLED_BACK
-from gateway.dev.broker import LocalBroker
+from scoregate_dev.broker import LocalBroker
 from tests.writeback.conftest import commit, make_record
 from writeback.audit_store import AuditStore
 from writeback.config import WritebackConfig

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from gateway.dev.broker import LocalBroker
+from scoregate_dev.broker import LocalBroker
 from tests.conftest import pg_admin
 from tests.writeback.conftest import commit, make_record
 from writeback.audit_store import AuditStore

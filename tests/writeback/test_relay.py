@@ -20,7 +20,7 @@ from contracts.events import (
     DecisionRolledBack,
     OutcomeEvent,
 )
-from gateway.dev.broker import LocalBroker
+from scoregate_dev.broker import LocalBroker
 from tests.conftest import consume
 from tests.writeback.conftest import commit, make_record
 from writeback.audit_store import AuditStore

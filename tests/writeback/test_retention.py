@@ -9,7 +9,7 @@ import asyncpg
 import msgspec
 import pytest
 
-from gateway.dev.broker import LocalBroker
+from scoregate_dev.broker import LocalBroker
 from tests.writeback.conftest import commit, make_record
 from writeback.audit_store import AuditStore
 from writeback.config import WritebackConfig

@@ -5,7 +5,7 @@ the gateway can be run and tested locally against something that behaves like re
 upstreams: plausible deterministic values, lognormal latency and faults that tests switch
 at runtime.
 
-Run it with ``python -m gateway.dev.sample_sources --port 8101``; the sources' base URLs
+Run it with ``python -m scoregate_dev.sample_sources --port 8101``; the sources' base URLs
 are then ``http://127.0.0.1:8101/profile``, ``.../txn`` and ``.../merchant``.
 """
 
@@ -531,7 +531,7 @@ def main(argv: list[str] | None = None) -> None:
         argv: Command-line arguments without the program name; defaults to ``sys.argv``.
     """
     parser = argparse.ArgumentParser(
-        prog="python -m gateway.dev.sample_sources",
+        prog="python -m scoregate_dev.sample_sources",
         description="Sample upstream source APIs with switchable faults.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind")

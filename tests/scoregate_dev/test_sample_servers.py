@@ -21,10 +21,10 @@ import aiohttp
 import pytest
 import uvicorn
 
-from gateway.dev.sample_model import FEATURES, create_model_app
-from gateway.dev.sample_sources import create_sources_app, profile_record
+from scoregate_dev.sample_model import FEATURES, create_model_app
+from scoregate_dev.sample_sources import create_sources_app, profile_record
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 LOW_RISK = [0, 80.0, 4, 1500, 3, 0.1, 0.002, 25.0, 1]
 MID_RISK = [2, 300.0, 8, 200, 2, 0.3, 0.01, 120.0, 0]
@@ -446,8 +446,8 @@ async def test_command_lines_start_both_servers(http: aiohttp.ClientSession) -> 
             ports.append(probe.getsockname()[1])
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     commands = [
-        [sys.executable, "-m", "gateway.dev.sample_sources", "--port", str(ports[0])],
-        [sys.executable, "-m", "gateway.dev.sample_model", "--port", str(ports[1])],
+        [sys.executable, "-m", "scoregate_dev.sample_sources", "--port", str(ports[0])],
+        [sys.executable, "-m", "scoregate_dev.sample_model", "--port", str(ports[1])],
     ]
     procs = [subprocess.Popen(command, cwd=REPO_ROOT, env=env) for command in commands]
     try:

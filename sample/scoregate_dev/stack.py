@@ -23,7 +23,7 @@ from typing import Any
 import aiohttp
 
 from gateway.auth import ROLES, Role, key_from_secret, new_key, parse_dev_keys
-from gateway.dev.broker import LocalBroker, free_port, wait_for_port
+from scoregate_dev.broker import LocalBroker, free_port, wait_for_port
 from writeback.migrate import ensure_database, migrate
 
 SAMPLE_REGISTRY = Path(__file__).with_name("sample_registry.toml")
@@ -76,8 +76,8 @@ class DevStack:
         sources_port, model_port = free_port(), free_port()
         self.sources_url = f"http://127.0.0.1:{sources_port}"
         self.model_url = f"http://127.0.0.1:{model_port}"
-        await self._spawn("sources", "gateway.dev.sample_sources", "--port", str(sources_port))
-        await self._spawn("model", "gateway.dev.sample_model", "--port", str(model_port))
+        await self._spawn("sources", "scoregate_dev.sample_sources", "--port", str(sources_port))
+        await self._spawn("model", "scoregate_dev.sample_model", "--port", str(model_port))
         if "SCOREGATE_REGISTRY" not in env:
             registry = self._workdir / "registry.toml"
             registry.write_text(

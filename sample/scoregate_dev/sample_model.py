@@ -4,7 +4,7 @@ It stands in for production model serving in local runs, tests and benchmarks. T
 ``fraud`` version ``3`` is a logistic regression fitted at start-up on a deterministic
 synthetic data set, so its scores respond to risk the way a real fraud model's would.
 
-Run it with ``python -m gateway.dev.sample_model --port 8200``.
+Run it with ``python -m scoregate_dev.sample_model --port 8200``.
 """
 
 import argparse
@@ -26,7 +26,7 @@ from litestar.exceptions import HTTPException
 from litestar.params import FromPath
 from litestar.types import Receive, Scope, Send
 
-from gateway.dev.sample_sources import (
+from scoregate_dev.sample_sources import (
     NO_FAULT,
     FaultSpec,
     FaultSwitch,
@@ -827,7 +827,7 @@ def main(argv: list[str] | None = None) -> None:
         argv: Command-line arguments without the program name; defaults to ``sys.argv``.
     """
     parser = argparse.ArgumentParser(
-        prog="python -m gateway.dev.sample_model",
+        prog="python -m scoregate_dev.sample_model",
         description="Open Inference Protocol v2 server for the sample fraud model.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind")
