@@ -91,8 +91,12 @@ class DecisionRecord(msgspec.Struct, frozen=True, kw_only=True):
 
     The context fields never change after the commit; ``status``, ``writeback``,
     ``timeline`` and ``rollback`` are read from their own rows when the record is
-    served. ``writeback`` is where each event stands now; ``timeline`` is how it got
-    there, and outlives the outbox rows that are purged after delivery.
+    served.
+
+    Attributes:
+        writeback: Where each outcome event of the decision stands now.
+        timeline: How the events got there; it outlives the outbox rows that are
+            purged after delivery.
     """
 
     decision_id: str

@@ -62,8 +62,13 @@ class Source(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     """A source API that features fall back to when the online store cannot serve them.
 
     A call is ``GET {url}{feature.path}`` with the entity key substituted; the answer
-    is a JSON object holding the features' fields, the upstream record's event time
-    (``event_time_field``) and, optionally, its id (``ref_field``).
+    is a JSON object holding the features' fields.
+
+    Attributes:
+        event_time_field: The answer's field that holds the upstream record's event
+            time (ISO 8601, UTC if it names no zone); without it, the time of the call.
+        ref_field: The answer's field that holds the upstream record's id; without
+            one, the call's URL stands for it in the lineage.
     """
 
     name: Name
@@ -168,11 +173,13 @@ class Model(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
 class OnlineStoreSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """How the gateway treats the online store (Redis): per-read timeout and breaker.
 
-    A Redis read takes well under a millisecond; the timeout is for a Redis that hangs.
-    It is generous because it also counts the time the gateway's own event loop takes
-    to get back to the read: a tight one would open the breaker whenever the gateway
-    itself is busy, and send every feature to the sources just when they can least
-    afford it.
+    Attributes:
+        timeout_ms: Bound of one read. A Redis read takes well under a millisecond;
+            the timeout is for a Redis that hangs. It is generous because it also
+            counts the time the gateway's own event loop takes to get back to the
+            read: a tight one would open the breaker whenever the gateway itself is
+            busy, and send every feature to the sources just when they can least
+            afford it.
     """
 
     timeout_ms: Millis = 200
