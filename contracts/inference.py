@@ -49,7 +49,7 @@ class InferRequest(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
     outputs: list[RequestedOutput] | None = None
 
 
-class InferOutput(msgspec.Struct, frozen=True, kw_only=True):
+class InferOutput(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """One output tensor of a response."""
 
     name: str
@@ -59,7 +59,7 @@ class InferOutput(msgspec.Struct, frozen=True, kw_only=True):
     parameters: dict[str, Any] | None = None
 
 
-class InferResponse(msgspec.Struct, frozen=True, kw_only=True):
+class InferResponse(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """The inference response; servers add fields of their own, which are ignored."""
 
     model_name: str

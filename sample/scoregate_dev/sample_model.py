@@ -26,6 +26,7 @@ from litestar.exceptions import HTTPException
 from litestar.params import FromPath
 from litestar.types import Receive, Scope, Send
 
+from contracts.inference import InferError, InferInput, InferOutput, InferRequest, InferResponse
 from scoregate_dev.sample_sources import (
     NO_FAULT,
     FaultSpec,
@@ -257,87 +258,6 @@ def synthetic_fraud_data(seed: int, rows: int) -> tuple[FloatArray, FloatArray]:
     return features, labels
 
 
-class InferInput(msgspec.Struct, frozen=True):
-    """One input tensor of an inference request.
-
-    Attributes:
-        name: Tensor name.
-        shape: Tensor shape.
-        datatype: OIP datatype such as ``FP64``.
-        data: Raw JSON of the values, flat in row-major order or nested by rows; it is
-            decoded once the datatype is known, so msgspec checks the element types.
-        parameters: Optional tensor parameters (ignored).
-    """
-
-    name: str
-    shape: list[int]
-    datatype: str
-    data: msgspec.Raw
-    parameters: dict[str, Any] | None = None
-
-
-class RequestedOutput(msgspec.Struct, frozen=True):
-    """An output the client asks for.
-
-    Attributes:
-        name: Output name.
-        parameters: Optional output parameters (ignored).
-    """
-
-    name: str
-    parameters: dict[str, Any] | None = None
-
-
-class InferRequest(msgspec.Struct, frozen=True):
-    """An OIP v2 inference request.
-
-    Attributes:
-        inputs: Input tensors.
-        id: Optional request identifier, echoed in the response.
-        parameters: Optional request parameters (ignored).
-        outputs: Outputs to return; all when absent.
-    """
-
-    inputs: list[InferInput]
-    id: str | None = None
-    parameters: dict[str, Any] | None = None
-    outputs: list[RequestedOutput] | None = None
-
-
-class OutputTensor(msgspec.Struct, frozen=True):
-    """One output tensor of an inference response.
-
-    Attributes:
-        name: Tensor name.
-        shape: Tensor shape.
-        datatype: OIP datatype.
-        data: Values, flat in row-major order.
-    """
-
-    name: str
-    shape: list[int]
-    datatype: str
-    data: list[float] | list[int]
-
-
-class InferResponse(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """An OIP v2 inference response.
-
-    Attributes:
-        model_name: Model that answered.
-        model_version: Version that answered.
-        id: The request's identifier, when it sent one.
-        parameters: Response parameters; never set by this server.
-        outputs: Output tensors.
-    """
-
-    model_name: str
-    model_version: str
-    id: str | None = None
-    parameters: dict[str, Any] | None = None
-    outputs: list[OutputTensor]
-
-
 class TensorMetadata(msgspec.Struct, frozen=True):
     """Declared name, datatype and shape of a tensor; -1 marks a variable dimension.
 
@@ -428,7 +348,7 @@ class ModelStats(msgspec.Struct, frozen=True):
     rows: int
 
 
-class InferError(Exception):
+class Refused(Exception):
     """An inference request that must be refused with a given status."""
 
     def __init__(self, status: int, message: str) -> None:
@@ -457,46 +377,46 @@ OUTPUT_NAMES = ("probability", "label")
 
 _REQUEST_DECODER = msgspec.json.Decoder(InferRequest)
 _ENCODER = msgspec.json.Encoder()
-_INJECTED = _ENCODER.encode({"error": "injected"})
-# Strict element decoders per datatype: msgspec rejects, say, a string or 1.5 in INT64
-# data at C speed, so no Python pass over the values is needed.
-_FLAT_DECODERS: dict[str, msgspec.json.Decoder[Any]] = {
-    "FP64": msgspec.json.Decoder(list[float]),
-    "FP32": msgspec.json.Decoder(list[float]),
-    "INT64": msgspec.json.Decoder(list[int]),
-    "BOOL": msgspec.json.Decoder(list[bool]),
+_INJECTED = _ENCODER.encode(InferError(error="injected"))
+# Strict element types per datatype: msgspec.convert rejects, say, a string or 1.5 in
+# INT64 data in C, so no Python pass over the values is needed.
+_FLAT_TYPES: dict[str, Any] = {
+    "FP64": list[float],
+    "FP32": list[float],
+    "INT64": list[int],
+    "BOOL": list[bool],
 }
-_NESTED_DECODERS: dict[str, msgspec.json.Decoder[Any]] = {
-    "FP64": msgspec.json.Decoder(list[list[float]]),
-    "FP32": msgspec.json.Decoder(list[list[float]]),
-    "INT64": msgspec.json.Decoder(list[list[int]]),
-    "BOOL": msgspec.json.Decoder(list[list[bool]]),
+_NESTED_TYPES: dict[str, Any] = {
+    "FP64": list[list[float]],
+    "FP32": list[list[float]],
+    "INT64": list[list[int]],
+    "BOOL": list[list[bool]],
 }
 _TENSOR_DATATYPES = frozenset({"FP64", "FP32", "INT64"})
-_COLUMN_DATATYPES = frozenset(_FLAT_DECODERS)
+_COLUMN_DATATYPES = frozenset(_FLAT_TYPES)
 
 
 def _tensor_values(tensor: InferInput, datatypes: frozenset[str]) -> list[float]:
     """Decode a tensor's values flat in row-major order and check them against its shape."""
     if tensor.datatype not in datatypes:
-        raise InferError(400, f"input {tensor.name!r}: unsupported datatype {tensor.datatype}")
+        raise Refused(400, f"input {tensor.name!r}: unsupported datatype {tensor.datatype}")
     values: list[float]
     try:
-        values = _FLAT_DECODERS[tensor.datatype].decode(tensor.data)
+        values = msgspec.convert(tensor.data, _FLAT_TYPES[tensor.datatype])
     except msgspec.ValidationError as flat_error:
         # Flat data is the common case; nested rows are tried only when it fails.
         try:
-            nested: list[list[float]] = _NESTED_DECODERS[tensor.datatype].decode(tensor.data)
+            nested: list[list[float]] = msgspec.convert(tensor.data, _NESTED_TYPES[tensor.datatype])
         except msgspec.ValidationError:
-            raise InferError(400, f"input {tensor.name!r}: {flat_error}") from flat_error
+            raise Refused(400, f"input {tensor.name!r}: {flat_error}") from flat_error
         row_length = tensor.shape[-1] if tensor.shape else -1
         if any(len(row) != row_length for row in nested):
-            raise InferError(
+            raise Refused(
                 400, f"input {tensor.name!r}: nested data does not match shape {tensor.shape}"
             ) from flat_error
         values = list(itertools.chain.from_iterable(nested))
     if any(dim < 0 for dim in tensor.shape) or math.prod(tensor.shape) != len(values):
-        raise InferError(
+        raise Refused(
             400, f"input {tensor.name!r}: {len(values)} values do not fit shape {tensor.shape}"
         )
     return values
@@ -505,14 +425,14 @@ def _tensor_values(tensor: InferInput, datatypes: frozenset[str]) -> list[float]
 def _tensor_rows(tensor: InferInput) -> tuple[list[float], int]:
     """Read layout (a): one ``input-0`` tensor of shape ``[N, 9]`` or ``[9]``."""
     if tensor.name != TENSOR_INPUT:
-        raise InferError(400, f"unknown input {tensor.name!r}; expected {TENSOR_INPUT!r}")
+        raise Refused(400, f"unknown input {tensor.name!r}; expected {TENSOR_INPUT!r}")
     shape = tensor.shape
     if len(shape) == 1 and shape[0] == WIDTH:
         rows = 1
     elif len(shape) == 2 and shape[1] == WIDTH:
         rows = shape[0]
     else:
-        raise InferError(400, f"input {tensor.name!r}: shape {shape} is not [N, {WIDTH}]")
+        raise Refused(400, f"input {tensor.name!r}: shape {shape} is not [N, {WIDTH}]")
     return _tensor_values(tensor, _TENSOR_DATATYPES), rows
 
 
@@ -522,7 +442,7 @@ def _column_values(tensors: list[InferInput]) -> tuple[list[list[float]], int]:
     unknown = sorted(set(by_name) - set(FEATURES))
     missing = [name for name in FEATURES if name not in by_name]
     if unknown or missing or len(by_name) != len(tensors):
-        raise InferError(
+        raise Refused(
             400, f"inputs must be {list(FEATURES)} once each; unknown {unknown}, missing {missing}"
         )
     columns: list[list[float]] = []
@@ -531,9 +451,9 @@ def _column_values(tensors: list[InferInput]) -> tuple[list[list[float]], int]:
         tensor = by_name[name]
         shape = tensor.shape
         if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
-            raise InferError(400, f"input {name!r}: shape {shape} is not [N] or [N, 1]")
+            raise Refused(400, f"input {name!r}: shape {shape} is not [N] or [N, 1]")
         if rows not in (-1, shape[0]):
-            raise InferError(400, "inputs disagree on the batch size")
+            raise Refused(400, "inputs disagree on the batch size")
         rows = shape[0]
         columns.append(_tensor_values(tensor, _COLUMN_DATATYPES))
     return columns, rows
@@ -545,7 +465,7 @@ def _selected_outputs(request: InferRequest) -> tuple[str, ...]:
     names = tuple(output.name for output in request.outputs)
     unknown = [name for name in names if name not in OUTPUT_NAMES]
     if unknown:
-        raise InferError(400, f"unknown outputs {unknown}; model has {list(OUTPUT_NAMES)}")
+        raise Refused(400, f"unknown outputs {unknown}; model has {list(OUTPUT_NAMES)}")
     return names
 
 
@@ -578,12 +498,12 @@ class ModelService:
             version: Version from the path, or None when the path names none.
 
         Raises:
-            InferError: With status 404 when the model or version is not served.
+            Refused: With status 404 when the model or version is not served.
         """
         if name != MODEL_NAME:
-            raise InferError(404, f"model {name!r} not found")
+            raise Refused(404, f"model {name!r} not found")
         if version is not None and version != MODEL_VERSION:
-            raise InferError(404, f"model {name!r} has no version {version!r}")
+            raise Refused(404, f"model {name!r} has no version {version!r}")
 
     def infer(self, body: bytes) -> bytes:
         """Score an encoded inference request.
@@ -595,14 +515,14 @@ class ModelService:
             The JSON response body.
 
         Raises:
-            InferError: With status 400 when the request is malformed.
+            Refused: With status 400 when the request is malformed.
         """
         try:
             request = _REQUEST_DECODER.decode(body)
         except msgspec.DecodeError as exc:
-            raise InferError(400, f"invalid inference request: {exc}") from exc
+            raise Refused(400, f"invalid inference request: {exc}") from exc
         if not request.inputs:
-            raise InferError(400, "request has no inputs")
+            raise Refused(400, "request has no inputs")
         selected = _selected_outputs(request)
         if len(request.inputs) == 1:
             flat, rows = _tensor_rows(request.inputs[0])
@@ -614,10 +534,12 @@ class ModelService:
         outputs = []
         for name in selected:
             if name == "probability":
-                outputs.append(OutputTensor(name, [rows, 1], "FP64", probs))
+                outputs.append(InferOutput(name=name, shape=[rows, 1], datatype="FP64", data=probs))
             else:
                 labels = [1 if p >= 0.5 else 0 for p in probs]
-                outputs.append(OutputTensor(name, [rows, 1], "INT64", labels))
+                outputs.append(
+                    InferOutput(name=name, shape=[rows, 1], datatype="INT64", data=labels)
+                )
         response = InferResponse(
             model_name=MODEL_NAME, model_version=MODEL_VERSION, id=request.id, outputs=outputs
         )
@@ -650,8 +572,8 @@ class ModelService:
         try:
             self.check_model(name, version)
             return 200, self.infer(body)
-        except InferError as exc:
-            return exc.status, _ENCODER.encode({"error": exc.message})
+        except Refused as exc:
+            return exc.status, _ENCODER.encode(InferError(error=exc.message))
 
 
 _INFER_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
@@ -704,7 +626,9 @@ class ModelApp:
             chunks.append(message["body"])
             size += len(message["body"])
             if size > MAX_BODY_BYTES:
-                await self._answer(send, 413, _ENCODER.encode({"error": "request too large"}))
+                await self._answer(
+                    send, 413, _ENCODER.encode(InferError(error="request too large"))
+                )
                 return
             if not message.get("more_body", False):
                 break
@@ -726,7 +650,7 @@ class ModelApp:
 def _model_response(service: ModelService, name: str, version: str | None) -> Response[Any]:
     try:
         service.check_model(name, version)
-    except InferError as exc:
+    except Refused as exc:
         return error_response(exc.status, exc.message)
     return Response(MODEL_METADATA)
 
@@ -734,7 +658,7 @@ def _model_response(service: ModelService, name: str, version: str | None) -> Re
 def _model_ready_response(service: ModelService, name: str, version: str | None) -> Response[Any]:
     try:
         service.check_model(name, version)
-    except InferError as exc:
+    except Refused as exc:
         return error_response(exc.status, exc.message)
     ready = service.ready
     return Response(ModelReady(name=name, ready=ready), status_code=200 if ready else 503)
