@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from contracts.registry import Entity
-from gateway.registry import EntityIds, RegistryError, parse_registry
+from gateway.registry import EntityIds, RegistryError, coerce, parse_registry
 
 GOOD = """
 [[entities]]
@@ -197,3 +197,30 @@ def test_without_a_pattern_control_characters_are_refused(bad: str) -> None:
 @pytest.mark.parametrize("good", ["", "a b", "ü/é", "../x", "\xa0"])
 def test_without_a_pattern_printable_ids_are_admitted(good: str) -> None:
     assert ids().problem(good) is None
+
+
+@pytest.mark.parametrize(
+    ("value", "dtype", "expected", "kind"),
+    [(3, "float64", 3.0, float), (2.5, "float64", 2.5, float), (0, "int64", 0, int)],
+)
+def test_coerce_returns_the_declared_python_type(
+    value: object, dtype: str, expected: object, kind: type
+) -> None:
+    coerced = coerce(value, dtype)  # type: ignore[arg-type]
+    assert coerced == expected
+    assert type(coerced) is kind
+
+
+@pytest.mark.parametrize(
+    ("value", "dtype", "message"),
+    [
+        (False, "float64", "expected float64, got bool"),
+        (None, "string", "expected string, got NoneType"),
+        (1.0, "int64", "expected int64, got float"),
+        ("true", "bool", "expected bool, got str"),
+    ],
+)
+def test_coerce_names_the_dtype_and_what_it_got(value: object, dtype: str, message: str) -> None:
+    with pytest.raises(TypeError) as caught:
+        coerce(value, dtype)  # type: ignore[arg-type]
+    assert str(caught.value) == message
