@@ -21,6 +21,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 import httpx
+import msgspec
 import pytest
 import redis.asyncio as aioredis
 import uvicorn
@@ -72,6 +73,27 @@ async def pg_admin(sql: str) -> None:
         await conn.execute(sql)
     finally:
         await conn.close()
+
+
+def registry_variant(
+    settings: GatewaySettings, path: Path, *edits: tuple[str, str]
+) -> GatewaySettings:
+    """``settings`` with a copy of the test registry edited by (old, new) replacements."""
+    text = settings.registry_path.read_text()
+    for old, new in edits:
+        assert old in text, old
+        text = text.replace(old, new)
+    path.write_text(text)
+    return msgspec.structs.replace(settings, registry_path=path)
+
+
+def roomy() -> list[tuple[str, str]]:
+    """Edits that give sources and the model a minute: held replies and a loaded
+    machine cost time, never a timeout."""
+    return [
+        ("timeout_ms = 150", "timeout_ms = 60000"),
+        ("timeout_ms = 300\n", "timeout_ms = 60000\ndeadline_ms = 120000\n"),
+    ]
 
 
 def _dsn_for(database: str) -> str:

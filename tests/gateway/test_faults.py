@@ -25,7 +25,7 @@ from litestar import Litestar
 from gateway.app import Gateway, create_app
 from gateway.settings import GatewaySettings
 from scoregate_dev.broker import free_port, wait_for_port
-from tests.conftest import SampleServers, serve
+from tests.conftest import SampleServers, registry_variant, roomy, serve
 from tests.gateway.test_breaker import ManualClock
 from tests.gateway.test_score import body, seed
 
@@ -91,27 +91,6 @@ async def until(condition: Callable[[], Awaitable[bool]], what: str, limit_s: fl
                 await asyncio.sleep(0.01)
     except TimeoutError:
         pytest.fail(f"{what} did not happen within {limit_s} s")
-
-
-def registry_variant(
-    settings: GatewaySettings, path: Path, *edits: tuple[str, str]
-) -> GatewaySettings:
-    """``settings`` with a copy of the test registry edited by (old, new) replacements."""
-    text = settings.registry_path.read_text()
-    for old, new in edits:
-        assert old in text, old
-        text = text.replace(old, new)
-    path.write_text(text)
-    return msgspec.structs.replace(settings, registry_path=path)
-
-
-def roomy() -> list[tuple[str, str]]:
-    """Edits that give sources and the model a minute: held replies and a loaded
-    machine cost time, never a timeout."""
-    return [
-        ("timeout_ms = 150", "timeout_ms = 60000"),
-        ("timeout_ms = 300\n", "timeout_ms = 60000\ndeadline_ms = 120000\n"),
-    ]
 
 
 class HeldReplies:
