@@ -67,7 +67,10 @@ def client(layout: ModelInput, session: object = None, **kwargs: Any) -> ModelCl
 
 def test_a_tensor_row_is_one_1_by_n_input_of_floats() -> None:
     tensor = client(ModelInput(layout="tensor", name="x", datatype="FP32"))
-    body = msgspec.json.decode(msgspec.json.encode(tensor.request("d-1", [2, 12.5, True, 0])))
+    encoded = msgspec.json.encode(tensor.request("d-1", [2, 12.5, True, 0]))
+    # Spelled as floats on the wire: 2.0, not 2; 1.0, not true.
+    assert b'"data":[2.0,12.5,1.0,0.0]' in encoded
+    body = msgspec.json.decode(encoded)
     assert body == {
         "id": "d-1",
         "inputs": [

@@ -82,6 +82,8 @@ dtype = "float64"
 max_staleness_ms = 5000
 source = "risk"
 path = "/merchants/{merchant_id}/risk"
+# Policy "fail" serves no default, even one that is declared.
+default = 0.0
 
 [[models]]
 name = "m"
@@ -91,6 +93,13 @@ endpoint = "http://model.invalid"
 features = ["kyc_level", "segment", "txn_count", "merchant_risk"]
 context = [{ name = "amount", dtype = "float64" }]
 input = { layout = "columns" }
+
+[[models]]
+name = "sourced"
+version = "1"
+subject = "customer"
+endpoint = "http://model.invalid"
+features = ["kyc_level", "merchant_risk"]
 """
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -527,3 +536,22 @@ async def test_a_failed_write_back_does_not_fail_the_request(
     assert assembly.values["kyc_level"].status == "fallback"
     assert len(store.writes) == 1
     assert "read-through write to the online store failed: redis went away" in caplog.text
+
+
+async def test_a_store_outage_alone_degrades_even_when_every_source_answers(
+    assembler: FeatureAssembler,
+    registry: Registry,
+    store: FakeStore,
+    sources: dict[str, FakeSource],
+) -> None:
+    store.down = StoreUnavailable("no answer within the read timeout")
+    sources["profile"].answers["/customers/c-1/profile"] = {"kyc_level": 4}
+    sources["risk"].answers["/merchants/m-1/risk"] = {"merchant_risk": 0.9}
+    assembly = await assembler.assemble(registry.plans["sourced"], IDS, {}, Deadline(5.0), NOW)
+    await assembler.drain()
+    assert {n: v.status for n, v in assembly.values.items()} == {
+        "kyc_level": "fallback",
+        "merchant_risk": "fallback",
+    }
+    assert assembly.problems == {}
+    assert assembly.degraded
