@@ -79,7 +79,9 @@ class FakeModel:
         return self.outputs
 
 
-def record(features: dict[str, Any], model: str = "m") -> DecisionRecord:
+def record(
+    features: dict[str, Any], model: str = "m", decision: str | None = "block"
+) -> DecisionRecord:
     at = datetime(2026, 3, 1, tzinfo=UTC)
     return DecisionRecord(
         decision_id="d-1",
@@ -91,7 +93,7 @@ def record(features: dict[str, Any], model: str = "m") -> DecisionRecord:
         subject=Subject(entity="customer", key="customer_id", id="c-1"),
         request=ScoreRequest(model=model, entities={"customer_id": "c-1"}),
         outputs={"p": 0.7},
-        decision="block",
+        decision=decision,
         decision_rule="p>=0.5 (policy 1)",
         degraded=False,
         features={
@@ -164,3 +166,12 @@ async def test_a_rejection_of_the_recorded_version_stays_the_models() -> None:
     rejected = ModelRejected("model m rejected the request (400): bad", field="model")
     with pytest.raises(ModelRejected):
         await replayer(FakeModel(rejected)).replay(record({"kyc_level": 2, "amount": 1.0}), None)
+
+
+async def test_equal_outputs_under_another_label_do_not_match() -> None:
+    # The registry's policy changed since: the same score is labelled otherwise now.
+    recorded = record({"kyc_level": 2, "amount": 1.0}, decision="review")
+    result = await replayer(FakeModel({"p": 0.7})).replay(recorded, None)
+    assert result.replayed.outputs == result.original.outputs
+    assert (result.original.decision, result.replayed.decision) == ("review", "block")
+    assert not result.match
