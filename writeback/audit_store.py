@@ -39,8 +39,7 @@ NOTIFY_CHANNEL = "scoregate_outbox"
 The statements below spell it out as a literal: they are constants, not templates.
 """
 
-# Bounds of one group-commit statement and of a health ping.
-_COMMIT_TIMEOUT_S = 10.0
+# Bound of a health ping.
 _PING_TIMEOUT_S = 2.0
 
 _encoder = msgspec.json.Encoder()
@@ -699,7 +698,8 @@ class AuditStore:
 
     async def _send_batch(self, batch: list[_PendingCommit]) -> list[asyncpg.Record]:
         records = [pending.record for pending in batch]
-        async with asyncio.timeout(_COMMIT_TIMEOUT_S), self._pool.acquire() as conn:
+        bound_s = self._config.commit_timeout_ms / 1000
+        async with asyncio.timeout(bound_s), self._pool.acquire(timeout=bound_s) as conn:
             return await conn.fetch(
                 _COMMIT_BATCH,
                 [pending.decision_id for pending in batch],

@@ -39,6 +39,8 @@ class WritebackConfig(msgspec.Struct, frozen=True):
             pool held by something stuck fails its callers instead of queueing them
             without end).
         commit_max_batch: Decisions one group-commit transaction takes at most.
+        commit_timeout_ms: Bound of one group-commit transaction, the wait for its
+            connection included; past it every decision in it fails (``/score``: 503).
         publish_timeout_ms: Bound of one publish call (and of the producer's own
             delivery timeout), so a down broker cannot stall a relay cycle.
         relay_max_attempts: Failures of one event, of a kind a retry might fix, after
@@ -72,6 +74,7 @@ class WritebackConfig(msgspec.Struct, frozen=True):
     pool_max_size: int = 32
     pool_acquire_timeout_ms: int = 10000
     commit_max_batch: int = 256
+    commit_timeout_ms: int = 10000
     publish_timeout_ms: int = 30000
     relay_max_attempts: int = 10
     dlq_topic: str = ""
@@ -99,6 +102,7 @@ class WritebackConfig(msgspec.Struct, frozen=True):
             "pool_max_size": self.pool_max_size,
             "pool_acquire_timeout_ms": self.pool_acquire_timeout_ms,
             "commit_max_batch": self.commit_max_batch,
+            "commit_timeout_ms": self.commit_timeout_ms,
             "publish_timeout_ms": self.publish_timeout_ms,
             "relay_max_attempts": self.relay_max_attempts,
             "max_message_bytes": self.max_message_bytes,

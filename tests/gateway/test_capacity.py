@@ -50,7 +50,12 @@ def roomy_settings(settings: GatewaySettings, tmp_path: Path) -> GatewaySettings
     path = tmp_path / "roomy-registry.toml"
     path.write_text(text)
     assert settings.max_in_flight == BURST
-    return msgspec.structs.replace(settings, registry_path=path)
+    # A starved machine may take longer than the default bounds for PostgreSQL itself;
+    # the test is about sizing: every request waits its turn, none fails for a pool.
+    writeback = msgspec.structs.replace(
+        settings.writeback, commit_timeout_ms=120_000, pool_acquire_timeout_ms=120_000
+    )
+    return msgspec.structs.replace(settings, registry_path=path, writeback=writeback)
 
 
 @pytest.fixture
