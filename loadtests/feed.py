@@ -29,7 +29,9 @@ class FeatureFeed:
     def __init__(
         self, redis_url: str, prefix: str, customers: list[int], period_s: float = 15.0
     ) -> None:
-        self._store = OnlineStore.from_url(redis_url, prefix, OnlineStoreSpec(timeout_ms=1000))
+        self._store = OnlineStore.from_url(
+            redis_url, prefix, OnlineStoreSpec(timeout_ms=1000), max_connections=8
+        )
         self._customers = customers
         self._period_s = period_s
         self._rng = random.Random(13)
