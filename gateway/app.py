@@ -212,7 +212,7 @@ class Gateway(InitPluginProtocol):
         await self._retention.start()
         self._scorer = Scorer(self.registry, self.assembler, self.models, self._audit)
         self.replayer = Replayer(self.registry, self.models)
-        self._reads = DecisionReads(pool)
+        self._reads = DecisionReads(pool, self.settings.writeback.verify_pace)
         self._sealer = DecisionSealer(pool)
         await self._sealer.start()
         if self.settings.run_relay:

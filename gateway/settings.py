@@ -95,6 +95,7 @@ _WRITEBACK_TUNING: dict[str, tuple[str, type[int] | type[float] | type[str]]] = 
     "SCOREGATE_PG_POOL_MAX_SIZE": ("pool_max_size", int),
     "SCOREGATE_PG_ACQUIRE_TIMEOUT_MS": ("pool_acquire_timeout_ms", int),
     "SCOREGATE_COMMIT_TIMEOUT_MS": ("commit_timeout_ms", int),
+    "SCOREGATE_VERIFY_PACE": ("verify_pace", float),
     "SCOREGATE_PUBLISH_TIMEOUT_MS": ("publish_timeout_ms", int),
     "SCOREGATE_KAFKA_MAX_MESSAGE_BYTES": ("max_message_bytes", int),
     "SCOREGATE_TOPIC_PARTITIONS": ("topic_partitions", int),

@@ -39,6 +39,10 @@ class WritebackConfig(msgspec.Struct, frozen=True):
             pool held by something stuck fails its callers instead of queueing them
             without end).
         commit_max_batch: Decisions one group-commit transaction takes at most.
+        verify_pace: How long a verify asked over HTTP rests after each batch of the
+            chain, as a multiple of the batch's time: at 1, the walk keeps at most half
+            a PostgreSQL backend busy beside the commits (``scoregate audit verify``
+            walks at full speed).
         commit_timeout_ms: Bound of one group-commit transaction, the wait for its
             connection included; past it every decision in it fails (``/score``: 503).
         publish_timeout_ms: Bound of one publish call (and of the producer's own
@@ -75,6 +79,7 @@ class WritebackConfig(msgspec.Struct, frozen=True):
     pool_acquire_timeout_ms: int = 10000
     commit_max_batch: int = 256
     commit_timeout_ms: int = 10000
+    verify_pace: float = 1.0
     publish_timeout_ms: int = 30000
     relay_max_attempts: int = 10
     dlq_topic: str = ""
@@ -122,6 +127,7 @@ class WritebackConfig(msgspec.Struct, frozen=True):
             raise ValueError("the dead-letter topic must differ from the outcome topic")
         for name, number in {
             "outbox_retention_hours": self.outbox_retention_hours,
+            "verify_pace": self.verify_pace,
             "partitions_ahead_months": self.partitions_ahead_months,
             "maintenance_interval_s": self.maintenance_interval_s,
         }.items():

@@ -119,10 +119,13 @@ class DecisionReads:
     Args:
         pool: The shared pool; each method runs one statement (or, for
             :meth:`verify`, one per batch) on a connection of it.
+        verify_pace: How long :meth:`verify` rests after each batch, as a multiple of
+            the batch's time (see :func:`writeback.seals.verify`).
     """
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, verify_pace: float = 0.0) -> None:
         self._pool = pool
+        self._verify_pace = verify_pace
 
     async def record(
         self, decision_id: str, key_id: str, via: ReadVia, purpose: str | None
@@ -241,4 +244,4 @@ class DecisionReads:
             The verdict, as :func:`writeback.seals.verify` gives it.
         """
         with unavailable_on_error("verify the hash chain"):
-            return await verify(self._pool, since)
+            return await verify(self._pool, since, pace=self._verify_pace)

@@ -197,3 +197,25 @@ async def test_verify_walks_batch_by_batch_and_names_the_first_bad_record(
     # From a later point on, the edited record is not walked.
     later = await verify(pool, since, batch=7)
     assert (later.ok, later.checked) == (True, 10)
+
+
+async def test_a_paced_verify_rests_after_each_batch_in_proportion_to_it(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await seed(pool, 30)
+    await seal_all(pool)
+    rests: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def noted(seconds: float) -> None:
+        rests.append(seconds)
+        await real_sleep(0)
+
+    monkeypatch.setattr("writeback.seals.asyncio.sleep", noted)
+    full_speed = await verify(pool, batch=7)
+    assert rests == []
+    paced = await verify(pool, batch=7, pace=3.0)
+    assert (paced.ok, paced.checked) == (full_speed.ok, full_speed.checked) == (True, 30)
+    # 30 seals in batches of 7: five batches, each followed by its rest.
+    assert len(rests) == 5
+    assert all(rest > 0 for rest in rests)
