@@ -226,6 +226,10 @@ class DecisionSealer:
             self._task = None
 
 
+async def _rest(seconds: float) -> None:
+    await asyncio.sleep(seconds)
+
+
 async def verify(
     pool: asyncpg.Pool,
     since: datetime | None = None,
@@ -260,7 +264,7 @@ async def verify(
         if row is None:
             break
         if pace > 0:
-            await asyncio.sleep(pace * (time.perf_counter() - started))
+            await _rest(pace * (time.perf_counter() - started))
         if row["problem"] is not None:
             return VerifyReport(
                 ok=False,
