@@ -38,8 +38,9 @@ class NotFound(GatewayError):
 
 
 class Conflict(GatewayError):
-    """The request contradicts one made before: its ``request_id`` was used for another
-    request (another model, other entities or another context)."""
+    """The request contradicts the state it meets: its ``request_id`` was used for
+    another request (another model, other entities or another context), or it redrives
+    an event that is not dead-lettered."""
 
     status_code = 409
 

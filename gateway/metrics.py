@@ -13,9 +13,7 @@ import math
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Gauge, generate_latest
 
-from writeback import metrics as writeback_metrics  # noqa: F401 - registers its instruments
-from writeback.audit_store import AuditUnavailable
-from writeback.dead_letters import DeadLetterQueue
+from writeback import AuditUnavailable, DeadLetterQueue
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ from gateway.ids import new_decision_id
 from gateway.model_client import ModelClient
 from gateway.observability import current_trace_id, observe_features, stage
 from gateway.registry import CONTROL_CHARACTER, ModelPlan, Registry, coerce
-from writeback.audit_store import AuditStore, AuditUnavailable, RecordRefused, RequestMismatch
+from writeback import AuditStore, AuditUnavailable, RecordRefused, RequestMismatch
 
 _canonical = msgspec.json.Encoder()
 

@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 
 from gateway.auth import ApiKey, KeyConfigError, parse_keys
-from writeback.config import WritebackConfig
+from writeback import WritebackConfig
 
 
 class GatewaySettings(msgspec.Struct, frozen=True, kw_only=True):

@@ -22,7 +22,8 @@ import msgspec
 import pytest
 from litestar import Litestar
 
-from gateway.app import Gateway, create_app
+from gateway.app import create_app
+from gateway.plugin import GatewayPlugin
 from gateway.settings import GatewaySettings
 from scoregate_dev.broker import free_port, wait_for_port
 from tests.conftest import SampleServers, registry_variant, roomy, serve
@@ -60,8 +61,8 @@ def clock() -> ManualClock:
     return ManualClock()
 
 
-def gateway_of(app: Litestar) -> Gateway:
-    return app.plugins.get(Gateway)
+def gateway_of(app: Litestar) -> GatewayPlugin:
+    return app.plugins.get(GatewayPlugin)
 
 
 def use_clock(app: Litestar, clock: ManualClock) -> None:

@@ -21,7 +21,8 @@ import msgspec
 import pytest
 from litestar import Litestar
 
-from gateway.app import Gateway, create_app
+from gateway.app import create_app
+from gateway.plugin import GatewayPlugin
 from gateway.settings import GatewaySettings
 from tests.conftest import bearer, serve
 from tests.gateway.test_score import body, seed
@@ -92,7 +93,7 @@ async def test_a_burst_as_large_as_the_admission_cap_is_served_from_the_online_s
     async with serve(app) as client:
         await seed(client, "c-hot", "m-hot", timedelta(seconds=5))
         outcomes = await burst(client.base_url, roomy_settings.max_in_flight)
-        store = app.plugins.get(Gateway).store
+        store = app.plugins.get(GatewayPlugin).store
         assert set(outcomes) <= {"fresh", "200", "admission"}, outcomes
         assert outcomes["fresh"] > 0
         # Before the pool waited, "too many connections" opened it and the burst went
@@ -108,7 +109,7 @@ async def test_requests_wait_for_a_connection_of_a_small_pool(
     async with serve(app) as client:
         await seed(client, "c-hot", "m-hot", timedelta(seconds=5))
         outcomes = await burst(client.base_url, 50)
-        store = app.plugins.get(Gateway).store
+        store = app.plugins.get(GatewayPlugin).store
         assert set(outcomes) <= {"fresh", "200"}, outcomes
         assert outcomes["fresh"] > 0
         assert store.breaker.state == "closed"

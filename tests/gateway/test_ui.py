@@ -21,7 +21,7 @@ import pytest
 from gateway.app import create_app
 from gateway.auth import COOKIE, key_from_secret
 from gateway.settings import GatewaySettings
-from gateway.ui import format_duration
+from gateway.ui.views import format_duration
 from tests.conftest import KEYS, bearer, serve
 from tests.gateway.test_score import body, seed
 

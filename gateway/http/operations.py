@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 from litestar import Request, Response, get, post
 from litestar.di import NamedDependency
@@ -12,20 +12,14 @@ from litestar.params import FromPath, Parameter
 from contracts.deadletters import DeadLetter, DeadLetterPage
 from gateway import metrics
 from gateway.auth import Principal, requires
-from gateway.errors import BadRequest, GatewayError, NotFound
+from gateway.errors import BadRequest, Conflict, NotFound
+from gateway.health import HealthChecks
+from gateway.http.openapi import error_responses
 from gateway.observability import observe_breakers
-from gateway.openapi import error_responses
-from writeback.dead_letters import BadDeadLetterCursor, NotDeadLettered
+from writeback import BadDeadLetterCursor, DeadLetterQueue, NotDeadLettered
 
-if TYPE_CHECKING:
-    from gateway.app import Gateway
-
-
-class Conflict(GatewayError):
-    """The request conflicts with the resource's state (a redrive of an event that
-    is not dead-lettered)."""
-
-    status_code = 409
+DeadLetters = NamedDependency[DeadLetterQueue]
+Health = NamedDependency[HealthChecks]
 
 
 PageSize = Annotated[int, Parameter(ge=1, le=500, description="dead letters per page")]
@@ -41,12 +35,12 @@ Cursor = Annotated[
 
 
 @get("/dlq", opt=requires("operator"), responses=error_responses(503))
-async def dead_letters(
-    gateway: NamedDependency[Gateway], limit: PageSize = 50, cursor: Cursor = None
+async def list_dead_letters(
+    dead_letters: DeadLetters, limit: PageSize = 50, cursor: Cursor = None
 ) -> DeadLetterPage:
     """Outcome events in the dead-letter queue, oldest first, with their last error."""
     try:
-        return await gateway.dead_letters.list(limit, cursor)
+        return await dead_letters.list(limit, cursor)
     except BadDeadLetterCursor as exc:
         raise BadRequest(str(exc), field="cursor") from exc
 
@@ -59,8 +53,8 @@ async def dead_letters(
 )
 async def redrive(
     event_id: FromPath[str],
-    gateway: NamedDependency[Gateway],
     request: Request[Principal, Any, Any],
+    dead_letters: DeadLetters,
 ) -> DeadLetter:
     """Publish a dead-lettered event again under the same ``ce_id``.
 
@@ -68,7 +62,7 @@ async def redrive(
     404: no such event; 409: the event is pending or delivered.
     """
     try:
-        letter = await gateway.dead_letters.redrive(event_id, request.user.key_id)
+        letter = await dead_letters.redrive(event_id, request.user.key_id)
     except NotDeadLettered as exc:
         raise Conflict(str(exc), field="event_id", extra={"status": exc.status}) from exc
     if letter is None:
@@ -76,24 +70,24 @@ async def redrive(
     return letter
 
 
-async def _metrics(gateway: Gateway) -> Response[bytes]:
-    observe_breakers(gateway.breakers().items())
-    body = await metrics.render(gateway.dead_letters)
+async def _metrics(health: HealthChecks, dead_letters: DeadLetterQueue) -> Response[bytes]:
+    observe_breakers(health.breakers().items())
+    body = await metrics.render(dead_letters)
     return Response(body, media_type=metrics.CONTENT_TYPE)
 
 
 @get("/metrics", opt={"exclude_from_auth": True}, include_in_schema=False)
-async def public_metrics(gateway: NamedDependency[Gateway]) -> Response[bytes]:
+async def public_metrics(health: Health, dead_letters: DeadLetters) -> Response[bytes]:
     """Prometheus metrics, served without a key (``SCOREGATE_METRICS_PUBLIC``)."""
-    return await _metrics(gateway)
+    return await _metrics(health, dead_letters)
 
 
 @get("/metrics", opt=requires("operator"), include_in_schema=False)
-async def operator_metrics(gateway: NamedDependency[Gateway]) -> Response[bytes]:
+async def operator_metrics(health: Health, dead_letters: DeadLetters) -> Response[bytes]:
     """Prometheus metrics, for operator keys only."""
-    return await _metrics(gateway)
+    return await _metrics(health, dead_letters)
 
 
-def operation_handlers(*, metrics_public: bool) -> list[HTTPRouteHandler]:
+def handlers(*, metrics_public: bool) -> list[HTTPRouteHandler]:
     """The operators' handlers, with ``/metrics`` open or behind the operator role."""
-    return [dead_letters, redrive, public_metrics if metrics_public else operator_metrics]
+    return [list_dead_letters, redrive, public_metrics if metrics_public else operator_metrics]
