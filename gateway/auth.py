@@ -58,8 +58,10 @@ class ApiKey(msgspec.Struct, frozen=True):
 
 
 class Principal(msgspec.Struct, frozen=True):
-    """Who is calling: the key's id, roles and scopes. ``admin`` holds every role
-    and the ``pii`` scope."""
+    """Who is calling: the key's id, roles and scopes.
+
+    ``admin`` holds every role and the ``pii`` scope.
+    """
 
     key_id: str
     roles: frozenset[str]

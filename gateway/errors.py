@@ -38,23 +38,30 @@ class NotFound(GatewayError):
 
 
 class Conflict(GatewayError):
-    """The request contradicts the state it meets: its ``request_id`` was used for
-    another request (another model, other entities or another context), or it redrives
-    an event that is not dead-lettered."""
+    """The request contradicts the state it meets.
+
+    Its ``request_id`` was used for another request (another model, other entities or
+    another context), or it redrives an event that is not dead-lettered.
+    """
 
     status_code = 409
 
 
 class Unprocessable(GatewayError):
-    """The request is well formed but its decision cannot be recorded: a value the
-    gateway gathered for it (a served feature's lineage) is one PostgreSQL cannot keep."""
+    """The request is well formed but its decision cannot be recorded.
+
+    A value the gateway gathered for it (a served feature's lineage) is one PostgreSQL
+    cannot keep.
+    """
 
     status_code = 422
 
 
 class Unavailable(GatewayError):
-    """A dependency the answer cannot do without is down: a feature whose policy is
-    ``fail``, the model server, or PostgreSQL."""
+    """A dependency the answer cannot do without is down.
+
+    A feature whose policy is ``fail``, the model server, or PostgreSQL.
+    """
 
     status_code = 503
 

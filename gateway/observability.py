@@ -169,6 +169,7 @@ class TracingMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Trace and time one HTTP request; pass anything else through."""
         path = scope.get("path", "")
         if scope["type"] != ScopeType.HTTP or path.startswith(("/health", "/metrics")):
             await self.app(scope, receive, send)

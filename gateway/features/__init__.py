@@ -1,2 +1,5 @@
-"""Where features come from: the online store, source APIs, and the assembler that
-chooses between them per feature."""
+"""Where features come from.
+
+The online store, the source APIs, and the assembler that chooses between them per
+feature.
+"""

@@ -76,8 +76,11 @@ def with_retry_after(exc: GatewayError) -> dict[str, str]:
 
 
 def blamed_field(request: Request[Any, Any, Any], error: dict[str, Any]) -> str | None:
-    """The field a validation error blames: a parameter as the caller names it, or a
-    body field dotted from the top (``context.amount``, ``lineage.surprise``)."""
+    """The field a validation error blames.
+
+    A parameter is named as the caller sends it, a body field dotted from the top
+    (``context.amount``, ``lineage.surprise``).
+    """
     key = str(error.get("key") or "")
     if error.get("source") != "body":
         return _parameter_name(request, key) or None
