@@ -15,10 +15,9 @@ PostgreSQL's JSON operators (decision search) would fail on it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -29,6 +28,12 @@ import msgspec
 from contracts.decisions import DecisionRecord, RollbackState, WritebackEntry, WritebackState
 from contracts.events import DECISION_MADE, DECISION_ROLLED_BACK, DecisionMade, DecisionRolledBack
 from writeback.config import WritebackConfig
+from writeback.errors import STORE_ERRORS, unavailable_on_error
+
+# Re-exported: callers import these errors from here.
+from writeback.errors import AuditUnavailable as AuditUnavailable
+from writeback.errors import RecordRefused as RecordRefused
+from writeback.errors import RequestMismatch as RequestMismatch
 from writeback.tracing import current_traceparent
 
 logger = logging.getLogger(__name__)
@@ -52,7 +57,6 @@ _CONNECTION_ERRORS = (
 )
 # Errors caused by one record of a batch; the others should not pay for it.
 _RECORD_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
-_STORE_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 # msgspec writes a NUL in a string as this escape; found, the record is walked to be sure.
 _NUL_ESCAPE = b"\\u0000"
 _JSON_NUL = "it holds a NUL character, which PostgreSQL's JSON functions cannot read"
@@ -183,64 +187,6 @@ SELECT event_id, decision_id, event_type, 'committed', created_at, topic FROM qu
 _NOTIFY = "SELECT pg_notify('scoregate_outbox', '')"
 
 
-class AuditUnavailable(Exception):
-    """The audit store could not commit or read a decision.
-
-    No decision may be given that cannot be audited, so callers answer 503.
-
-    Args:
-        message: What could not be done; the cause's repr, if any, is appended.
-
-    Attributes:
-        cause: The error from PostgreSQL or the connection, if any.
-    """
-
-    def __init__(self, message: str, cause: BaseException | None = None) -> None:
-        super().__init__(message if cause is None else f"{message}: {cause!r}")
-        self.cause = cause
-        self.__cause__ = cause
-
-
-class RecordRefused(Exception):
-    """PostgreSQL cannot keep a value of one decision record; nothing of it is committed.
-
-    The value is the record's, so a retry cannot help; the decisions committed beside
-    it are not affected.
-
-    Attributes:
-        field: Where the value sits in the record (``request_id``, ``subject.id``,
-            ``lineage.<id>.source_ref``), or None if it cannot be told.
-        reason: What is wrong with it.
-        cause: PostgreSQL's (or asyncpg's) error, if the record reached it.
-    """
-
-    def __init__(self, field: str | None, reason: str, cause: BaseException | None = None) -> None:
-        where = "a value" if field is None else f"the value of {field}"
-        super().__init__(f"PostgreSQL cannot store {where} of the decision record: {reason}")
-        self.field = field
-        self.reason = reason
-        self.cause = cause
-        self.__cause__ = cause
-
-
-class RequestMismatch(Exception):
-    """A request id is reused for a request other than the one it was first used for.
-
-    The two fingerprints differ: the earlier request asked for another model, other
-    entities or another context.
-
-    Attributes:
-        existing: The decision committed under the request id.
-    """
-
-    def __init__(self, existing: DecisionRecord) -> None:
-        super().__init__(
-            f"request {existing.request_id!r} of {existing.caller!r} was committed"
-            " for a different request"
-        )
-        self.existing = existing
-
-
 @dataclass(slots=True)
 class _PendingCommit:
     """One caller's decision, encoded, waiting for the writer."""
@@ -257,23 +203,6 @@ class _PendingCommit:
     fingerprint: bytes | None
     # None: (caller, request_id) was already committed; the caller fetches that record.
     future: asyncio.Future[DecisionRecord | None]
-
-
-@contextlib.contextmanager
-def unavailable_on_error(action: str) -> Iterator[None]:
-    """Turn a failure to reach or use PostgreSQL inside the block into AuditUnavailable.
-
-    Args:
-        action: What the block does, for the message (``could not <action>``).
-
-    Raises:
-        AuditUnavailable: The block raised an OS, timeout, PostgreSQL or asyncpg
-            interface error; that error is its cause.
-    """
-    try:
-        yield
-    except _STORE_ERRORS as exc:
-        raise AuditUnavailable(f"could not {action}", exc) from exc
 
 
 def _nul_path(value: Any, path: str) -> str | None:
@@ -671,7 +600,7 @@ class AuditStore:
             await self._commit_batch(batch[:middle])
             await self._commit_batch(batch[middle:])
             return
-        except _STORE_ERRORS as exc:
+        except STORE_ERRORS as exc:
             logger.warning("group commit of %d decisions failed: %r", len(batch), exc)
             _fail(batch, exc)
             return

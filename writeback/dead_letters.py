@@ -14,10 +14,12 @@ from dataclasses import dataclass
 import asyncpg
 
 from contracts.deadletters import DeadLetter, DeadLetterPage
-from writeback.audit_store import AuditUnavailable
 from writeback.config import WritebackConfig
+from writeback.errors import STORE_ERRORS, AuditUnavailable
 
-_STORE_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+# Re-exported: callers import these errors from here.
+from writeback.errors import BadDeadLetterCursor as BadDeadLetterCursor
+from writeback.errors import NotDeadLettered as NotDeadLettered
 
 _COLUMNS = """
 o.seq, o.event_id, o.decision_id, o.event_type, o.topic, o.message_key, o.status,
@@ -71,26 +73,6 @@ SELECT
     (SELECT count(*) FROM outbox WHERE status = 'pending') AS pending,
     (SELECT count(*) FROM outbox WHERE status = 'dead_lettered') AS dead_lettered
 """
-
-
-class BadDeadLetterCursor(ValueError):
-    """The cursor was not given out by :meth:`DeadLetterQueue.list`."""
-
-
-class NotDeadLettered(Exception):
-    """A redrive of an event that is not in the dead-letter queue.
-
-    Args:
-        event_id: The event's id, for the message.
-        status: Where the event stands.
-
-    Attributes:
-        status: Where the event stands (``pending`` or ``delivered``).
-    """
-
-    def __init__(self, event_id: str, status: str) -> None:
-        super().__init__(f"event {event_id} is {status}, not dead-lettered")
-        self.status = status
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +155,7 @@ class DeadLetterQueue:
         after = _parse_cursor(cursor)
         try:
             rows = await self._pool.fetch(_LIST, after, limit + 1)
-        except _STORE_ERRORS as exc:
+        except STORE_ERRORS as exc:
             raise AuditUnavailable("could not read the dead-letter queue", exc) from exc
         page = rows[:limit]
         next_cursor = str(page[-1]["seq"]) if len(rows) > limit else None
@@ -208,7 +190,7 @@ class DeadLetterQueue:
             if status is None and await self._pool.fetchval(_EVER_QUEUED, key):
                 # Only delivered rows are purged from the outbox.
                 status = "delivered"
-        except _STORE_ERRORS as exc:
+        except STORE_ERRORS as exc:
             raise AuditUnavailable("could not redrive the event", exc) from exc
         if status is None:
             return None
@@ -222,7 +204,7 @@ class DeadLetterQueue:
         """
         try:
             row = await self._pool.fetchrow(_STATS)
-        except _STORE_ERRORS as exc:
+        except STORE_ERRORS as exc:
             raise AuditUnavailable("could not read the outbox", exc) from exc
         assert row is not None  # an aggregate query always returns its row
         return OutboxStats(

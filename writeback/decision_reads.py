@@ -4,7 +4,7 @@ The access log of each decision, keyset search and the hash chain's verification
 Every read of a decision's context is recorded (who, when, how, why); search lists
 summaries only, newest first, with an opaque cursor over ``(decided_at, decision_id)``
 so that a page costs the same at the millionth row as at the first. A failure of
-PostgreSQL surfaces as :class:`~writeback.audit_store.AuditUnavailable`, as it does
+PostgreSQL surfaces as :class:`~writeback.errors.AuditUnavailable`, as it does
 from the audit store.
 """
 
@@ -28,7 +28,10 @@ from contracts.audit import (
 )
 from contracts.decisions import Subject
 from contracts.scoring import ModelRef
-from writeback.audit_store import unavailable_on_error
+
+# Re-exported: callers import BadCursor from here.
+from writeback.errors import BadCursor as BadCursor
+from writeback.errors import unavailable_on_error
 from writeback.seals import verify
 
 _RECORD_READ = """
@@ -59,10 +62,6 @@ WHERE ($1::text IS NULL OR d.subject_id = $1)
 ORDER BY d.decided_at DESC, d.decision_id DESC
 LIMIT $8
 """
-
-
-class BadCursor(ValueError):
-    """The cursor was not made by this search."""
 
 
 class _Cursor(msgspec.Struct, array_like=True, frozen=True):
@@ -113,7 +112,7 @@ def decode_cursor(cursor: str) -> _Cursor:
 class DecisionReads:
     """The access log, decision search and chain verification, on the shared pool.
 
-    Every method raises :class:`~writeback.audit_store.AuditUnavailable` when
+    Every method raises :class:`~writeback.errors.AuditUnavailable` when
     PostgreSQL cannot be reached or refuses the statement.
 
     Args:
