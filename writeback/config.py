@@ -2,7 +2,35 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+from typing import Any
+
 import msgspec
+
+# SCOREGATE_* variable -> (WritebackConfig field, type); unset ones keep its default.
+_TUNING: dict[str, tuple[str, type[int] | type[float] | type[str]]] = {
+    "SCOREGATE_DLQ_TOPIC": ("dlq_topic", str),
+    "SCOREGATE_RELAY_MAX_ATTEMPTS": ("relay_max_attempts", int),
+    "SCOREGATE_RELAY_BACKOFF_MS": ("relay_backoff_ms", int),
+    "SCOREGATE_RELAY_MAX_BACKOFF_MS": ("relay_max_backoff_ms", int),
+    "SCOREGATE_RELAY_POLL_INTERVAL_MS": ("relay_poll_interval_ms", int),
+    "SCOREGATE_RELAY_LINGER_MS": ("relay_linger_ms", int),
+    "SCOREGATE_RELAY_BATCH_SIZE": ("relay_batch_size", int),
+    "SCOREGATE_RELAY_LEASE_MS": ("relay_lease_ms", int),
+    "SCOREGATE_PG_POOL_MIN_SIZE": ("pool_min_size", int),
+    "SCOREGATE_PG_POOL_MAX_SIZE": ("pool_max_size", int),
+    "SCOREGATE_PG_ACQUIRE_TIMEOUT_MS": ("pool_acquire_timeout_ms", int),
+    "SCOREGATE_COMMIT_TIMEOUT_MS": ("commit_timeout_ms", int),
+    "SCOREGATE_VERIFY_PACE": ("verify_pace", float),
+    "SCOREGATE_PUBLISH_TIMEOUT_MS": ("publish_timeout_ms", int),
+    "SCOREGATE_KAFKA_MAX_MESSAGE_BYTES": ("max_message_bytes", int),
+    "SCOREGATE_TOPIC_PARTITIONS": ("topic_partitions", int),
+    "SCOREGATE_OUTBOX_RETENTION_HOURS": ("outbox_retention_hours", float),
+    "SCOREGATE_DECISION_RETENTION_DAYS": ("decision_retention_days", int),
+    "SCOREGATE_PARTITIONS_AHEAD_MONTHS": ("partitions_ahead_months", int),
+    "SCOREGATE_MAINTENANCE_INTERVAL_S": ("maintenance_interval_s", float),
+}
 
 
 class WritebackConfig(msgspec.Struct, frozen=True):
@@ -134,7 +162,57 @@ class WritebackConfig(msgspec.Struct, frozen=True):
             if number < 0:
                 raise ValueError(f"{name} must not be negative, got {number}")
 
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> WritebackConfig:
+        """Read the settings from ``SCOREGATE_*`` variables, with local defaults.
+
+        ``SCOREGATE_DATABASE_URL``, ``SCOREGATE_KAFKA_BOOTSTRAP``, ``SCOREGATE_TOPIC``,
+        ``SCOREGATE_EVENT_SOURCE`` and ``SCOREGATE_KAFKA_IDEMPOTENT``, then one variable
+        per tuning field (``SCOREGATE_RELAY_BATCH_SIZE``, ...); an unset or empty one
+        keeps the field's default.
+
+        Args:
+            env: The variables; the process's environment when None.
+
+        Raises:
+            SystemExit: A variable does not parse as its field's type; the message
+                names it.
+        """
+        env = os.environ if env is None else env
+        return cls(
+            database_url=env.get(
+                "SCOREGATE_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/scoregate"
+            ),
+            kafka_bootstrap=env.get("SCOREGATE_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
+            topic=env.get("SCOREGATE_TOPIC", "decision-outcomes"),
+            event_source=env.get("SCOREGATE_EVENT_SOURCE", "/scoregate"),
+            idempotent_producer=_flag(env.get("SCOREGATE_KAFKA_IDEMPOTENT", "false")),
+            **_tuning(env),
+        )
+
     @property
     def dead_letter_topic(self) -> str:
         """Where dead letters go: ``dlq_topic``, or ``<topic>.dlq`` when it is empty."""
         return self.dlq_topic or f"{self.topic}.dlq"
+
+
+def _tuning(env: Mapping[str, str]) -> dict[str, Any]:
+    tuning: dict[str, Any] = {}
+    for variable, (field, kind) in _TUNING.items():
+        raw = env.get(variable)
+        if raw is None or raw == "":
+            continue
+        try:
+            tuning[field] = kind(raw)
+        except ValueError:
+            raise SystemExit(f"{variable}: expected {kind.__name__}, got {raw!r}") from None
+    return tuning
+
+
+def _flag(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise SystemExit(f"expected a boolean, got {value!r}")
