@@ -94,7 +94,7 @@ async def _relay() -> int:
 
 
 async def _migrate() -> int:
-    from writeback.migrate import ensure_database, migrate
+    from writeback import ensure_database, migrate
 
     config = writeback_from_env()
     if await ensure_database(config.database_url):

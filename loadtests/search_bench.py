@@ -25,7 +25,7 @@ import aiohttp
 import asyncpg
 
 from scoregate_dev.stack import DevStack
-from writeback.migrate import ensure_database, migrate
+from writeback import ensure_database, migrate
 
 RESULTS = Path(__file__).parent / "results"
 DATABASE = "postgresql://postgres@127.0.0.1:5432/scoregate_search_bench"

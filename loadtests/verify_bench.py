@@ -44,7 +44,7 @@ from traffic import fresh_customers
 
 from scoregate_dev.broker import free_port
 from scoregate_dev.stack import DevStack
-from writeback.migrate import ensure_database, migrate
+from writeback import ensure_database, migrate
 
 DATABASE_NAME = "scoregate_verify_bench"
 DATABASE = f"postgresql://postgres@127.0.0.1:5432/{DATABASE_NAME}"

@@ -119,7 +119,7 @@ def topic() -> str:
 @pytest.fixture
 async def database_url() -> AsyncIterator[str]:
     """A fresh, migrated database for one test, dropped afterwards."""
-    from writeback.migrate import migrate
+    from writeback.schema import migrate
 
     name = f"sg_test_{uuid.uuid4().hex[:12]}"
     admin = await asyncpg.connect(PG_ADMIN_DSN)

@@ -24,7 +24,7 @@ import aiohttp
 
 from gateway.auth import ROLES, Role, key_from_secret, new_key, parse_dev_keys
 from scoregate_dev.broker import LocalBroker, free_port, wait_for_port
-from writeback.migrate import ensure_database, migrate
+from writeback import ensure_database, migrate
 
 SAMPLE_REGISTRY = Path(__file__).with_name("sample_registry.toml")
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/scoregate"

@@ -10,7 +10,7 @@ from importlib import resources
 import asyncpg
 import pytest
 
-from writeback.migrate import ensure_database, migrate
+from writeback.schema import ensure_database, migrate
 
 pytestmark = pytest.mark.services
 
