@@ -10,17 +10,16 @@ import logging
 import signal
 import sys
 import uuid
-from collections.abc import Sequence
-from datetime import datetime
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import aiohttp
-import msgspec
 import uvicorn
 
+import writeback
 from gateway.auth import ROLES, new_key
 from gateway.registry import RegistryError, load_registry
-from gateway.settings import GatewaySettings, writeback_from_env
+from gateway.settings import GatewaySettings
 
 SAMPLE_STACK_MISSING = (
     "scoregate: `scoregate {command}` runs the sample stack (package scoregate_dev), which is"
@@ -72,82 +71,6 @@ async def _until_signalled() -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-
-
-async def _relay() -> int:
-    from writeback.kafka import KafkaPublisher
-    from writeback.pool import create_pool
-    from writeback.relay import OutboxRelay
-
-    config = writeback_from_env()
-    pool = await create_pool(config)
-    publisher = KafkaPublisher(config)
-    relay = OutboxRelay(pool, publisher, config)
-    await relay.start()
-    try:
-        await _until_signalled()
-    finally:
-        await relay.stop()
-        await publisher.stop()
-        await pool.close()
-    return 0
-
-
-async def _migrate() -> int:
-    from writeback import ensure_database, migrate
-
-    config = writeback_from_env()
-    if await ensure_database(config.database_url):
-        print(f"created database {config.database_url}")
-    applied = await migrate(config.database_url)
-    print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
-    return 0
-
-
-async def _dlq(args: argparse.Namespace) -> int:
-    import msgspec
-
-    from writeback.dead_letters import DeadLetterQueue, NotDeadLettered
-    from writeback.pool import create_pool
-
-    config = writeback_from_env()
-    pool = await create_pool(msgspec.structs.replace(config, pool_min_size=0))
-    try:
-        queue = DeadLetterQueue(pool, config)
-        if args.dlq_command == "list":
-            page = await queue.list(args.limit, args.cursor)
-            print(msgspec.json.format(msgspec.json.encode(page), indent=2).decode())
-            return 0
-        try:
-            letter = await queue.redrive(args.event_id, args.actor)
-        except NotDeadLettered as exc:
-            print(f"scoregate: {exc}", file=sys.stderr)
-            return 1
-        if letter is None:
-            print(f"scoregate: no event {args.event_id}", file=sys.stderr)
-            return 1
-        print(msgspec.json.format(msgspec.json.encode(letter), indent=2).decode())
-        return 0
-    finally:
-        await pool.close()
-
-
-async def _maintain() -> int:
-    import dataclasses
-
-    import msgspec
-
-    from writeback.pool import create_pool
-    from writeback.retention import Retention
-
-    config = writeback_from_env()
-    pool = await create_pool(msgspec.structs.replace(config, pool_min_size=0))
-    try:
-        report = await Retention(pool, config).run_once()
-    finally:
-        await pool.close()
-    print(json.dumps(dataclasses.asdict(report), indent=2))
-    return 0
 
 
 async def _dev(args: argparse.Namespace) -> int:
@@ -258,20 +181,6 @@ async def _delivered_record(
     return record
 
 
-async def _verify(args: argparse.Namespace) -> int:
-    from writeback.pool import create_pool
-    from writeback.seals import verify
-
-    config = writeback_from_env()
-    pool = await create_pool(config)
-    try:
-        report = await verify(pool, args.since)
-    finally:
-        await pool.close()
-    print(json.dumps(msgspec.to_builtins(report), indent=2))
-    return 0 if report.ok else 1
-
-
 def _keys(args: argparse.Namespace) -> int:
     secret, key = new_key(args.role, ["pii"] if args.pii else [])
     print(f"key:    {secret}")
@@ -289,19 +198,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1)
     serve.add_argument("--log-level", default="warning")
-    commands.add_parser("relay", help="run the outbox relay on its own")
-    commands.add_parser("migrate", help="create the database if missing and migrate it")
-    commands.add_parser(
-        "maintain", help="create partitions ahead, drop and purge what is past retention"
-    )
-    dlq = commands.add_parser("dlq", help="the dead-letter queue")
-    dlq_commands = dlq.add_subparsers(dest="dlq_command", required=True)
-    dlq_list = dlq_commands.add_parser("list", help="dead letters, oldest first (JSON)")
-    dlq_list.add_argument("--limit", type=int, default=50)
-    dlq_list.add_argument("--cursor", default=None, help="next_cursor of the previous page")
-    dlq_redrive = dlq_commands.add_parser("redrive", help="publish a dead letter again")
-    dlq_redrive.add_argument("event_id", help="the event's id (its ce_id)")
-    dlq_redrive.add_argument("--actor", default="cli", help="who redrives it (kept in history)")
+    # relay, migrate, maintain, dlq and audit: each parser's `run` carries it out.
+    writeback.add_commands(commands)
     dev = commands.add_parser(
         "dev", help="the sample stack on this machine, until Ctrl-C (needs scoregate-dev)"
     )
@@ -311,14 +209,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--port", type=int, default=8000)
     demo.add_argument("--stay", action="store_true", help="keep the stack up afterwards")
-    audit = commands.add_parser("audit", help="audit tools")
-    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
-    check = audit_commands.add_parser(
-        "verify", help="walk the decision records' hash chain; exit 1 at the first mismatch"
-    )
-    check.add_argument(
-        "--since", type=datetime.fromisoformat, help="start at records committed from then"
-    )
     keys = commands.add_parser("keys", help="API keys")
     keys_commands = keys.add_subparsers(dest="keys_command", required=True)
     new = keys_commands.add_parser("new", help="make a key and print its config line")
@@ -332,21 +222,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     code = 0
+    run: Callable[[argparse.Namespace], int] | None = getattr(args, "run", None)
     try:
-        if args.command == "serve":
+        if run is not None:
+            code = run(args)
+        elif args.command == "serve":
             code = _serve(args)
-        elif args.command == "relay":
-            code = asyncio.run(_relay())
-        elif args.command == "audit":
-            code = asyncio.run(_verify(args))
         elif args.command == "keys":
             code = _keys(args)
-        elif args.command == "migrate":
-            code = asyncio.run(_migrate())
-        elif args.command == "maintain":
-            code = asyncio.run(_maintain())
-        elif args.command == "dlq":
-            code = asyncio.run(_dlq(args))
         elif args.command in ("dev", "demo") and not _sample_stack_installed():
             print(SAMPLE_STACK_MISSING.format(command=args.command), file=sys.stderr)
             code = 2

@@ -24,6 +24,8 @@ Parts:
     Errors: :class:`AuditUnavailable` (PostgreSQL could not be reached or used, from
         any part), :class:`RecordRefused`, :class:`RequestMismatch`, :class:`BadCursor`,
         :class:`BadDeadLetterCursor`, :class:`NotDeadLettered`.
+    Commands: :func:`add_commands` adds relay, migrate, maintain, dlq and audit
+        verify to the ``scoregate`` command (module :mod:`writeback.cli`).
 
 Importing the package registers the write-back Prometheus instruments (publish
 latency, commit-to-publish delay, published, failed and dead-lettered events) in the
@@ -32,6 +34,7 @@ process's default registry, where the gateway's ``/metrics`` serves them.
 
 from writeback import metrics as _metrics  # noqa: F401 - registers the instruments
 from writeback.audit_store import AuditStore
+from writeback.cli import add_commands
 from writeback.config import WritebackConfig
 from writeback.dead_letters import DeadLetterQueue, OutboxStats
 from writeback.decision_reads import DecisionReads
@@ -68,6 +71,7 @@ __all__ = [
     "Retention",
     "RetentionReport",
     "WritebackConfig",
+    "add_commands",
     "create_pool",
     "ensure_database",
     "migrate",
