@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import msgspec
 
@@ -57,7 +56,7 @@ class GatewaySettings(msgspec.Struct, frozen=True, kw_only=True):
         registry = env.get("SCOREGATE_REGISTRY")
         if not registry:
             raise SystemExit("SCOREGATE_REGISTRY must name the registry file")
-        writeback = writeback_from_env(env)
+        writeback = WritebackConfig.from_env(env)
         keys_text = env.get("SCOREGATE_API_KEYS", "")
         keys_file = env.get("SCOREGATE_API_KEYS_FILE")
         try:
@@ -79,59 +78,6 @@ class GatewaySettings(msgspec.Struct, frozen=True, kw_only=True):
             writeback=writeback,
             run_relay=_flag(env.get("SCOREGATE_RELAY", "true")),
         )
-
-
-# SCOREGATE_* variable -> (WritebackConfig field, type); unset ones keep its default.
-_WRITEBACK_TUNING: dict[str, tuple[str, type[int] | type[float] | type[str]]] = {
-    "SCOREGATE_DLQ_TOPIC": ("dlq_topic", str),
-    "SCOREGATE_RELAY_MAX_ATTEMPTS": ("relay_max_attempts", int),
-    "SCOREGATE_RELAY_BACKOFF_MS": ("relay_backoff_ms", int),
-    "SCOREGATE_RELAY_MAX_BACKOFF_MS": ("relay_max_backoff_ms", int),
-    "SCOREGATE_RELAY_POLL_INTERVAL_MS": ("relay_poll_interval_ms", int),
-    "SCOREGATE_RELAY_LINGER_MS": ("relay_linger_ms", int),
-    "SCOREGATE_RELAY_BATCH_SIZE": ("relay_batch_size", int),
-    "SCOREGATE_RELAY_LEASE_MS": ("relay_lease_ms", int),
-    "SCOREGATE_PG_POOL_MIN_SIZE": ("pool_min_size", int),
-    "SCOREGATE_PG_POOL_MAX_SIZE": ("pool_max_size", int),
-    "SCOREGATE_PG_ACQUIRE_TIMEOUT_MS": ("pool_acquire_timeout_ms", int),
-    "SCOREGATE_COMMIT_TIMEOUT_MS": ("commit_timeout_ms", int),
-    "SCOREGATE_VERIFY_PACE": ("verify_pace", float),
-    "SCOREGATE_PUBLISH_TIMEOUT_MS": ("publish_timeout_ms", int),
-    "SCOREGATE_KAFKA_MAX_MESSAGE_BYTES": ("max_message_bytes", int),
-    "SCOREGATE_TOPIC_PARTITIONS": ("topic_partitions", int),
-    "SCOREGATE_OUTBOX_RETENTION_HOURS": ("outbox_retention_hours", float),
-    "SCOREGATE_DECISION_RETENTION_DAYS": ("decision_retention_days", int),
-    "SCOREGATE_PARTITIONS_AHEAD_MONTHS": ("partitions_ahead_months", int),
-    "SCOREGATE_MAINTENANCE_INTERVAL_S": ("maintenance_interval_s", float),
-}
-
-
-def _writeback_tuning(env: Mapping[str, str]) -> dict[str, Any]:
-    tuning: dict[str, Any] = {}
-    for variable, (field, kind) in _WRITEBACK_TUNING.items():
-        raw = env.get(variable)
-        if raw is None or raw == "":
-            continue
-        try:
-            tuning[field] = kind(raw)
-        except ValueError:
-            raise SystemExit(f"{variable}: expected {kind.__name__}, got {raw!r}") from None
-    return tuning
-
-
-def writeback_from_env(env: Mapping[str, str] | None = None) -> WritebackConfig:
-    """The write-back settings alone (for ``relay``, ``migrate``, ``dlq``, ``audit``)."""
-    env = os.environ if env is None else env
-    return WritebackConfig(
-        database_url=env.get(
-            "SCOREGATE_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/scoregate"
-        ),
-        kafka_bootstrap=env.get("SCOREGATE_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
-        topic=env.get("SCOREGATE_TOPIC", "decision-outcomes"),
-        event_source=env.get("SCOREGATE_EVENT_SOURCE", "/scoregate"),
-        idempotent_producer=_flag(env.get("SCOREGATE_KAFKA_IDEMPOTENT", "false")),
-        **_writeback_tuning(env),
-    )
 
 
 def _positive(env: Mapping[str, str], name: str, default: int) -> int:

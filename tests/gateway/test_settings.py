@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from gateway.auth import key_from_secret
-from gateway.settings import GatewaySettings, writeback_from_env
+from gateway.settings import GatewaySettings
+from writeback import WritebackConfig
 
 BASE = {"SCOREGATE_REGISTRY": "/etc/scoregate/registry.toml"}
 
@@ -56,7 +57,7 @@ def test_set_variables_are_parsed_to_their_types(tmp_path: Path) -> None:
 
 
 def test_an_empty_tuning_variable_keeps_the_default() -> None:
-    assert writeback_from_env({"SCOREGATE_RELAY_BATCH_SIZE": ""}).relay_batch_size == 200
+    assert WritebackConfig.from_env({"SCOREGATE_RELAY_BATCH_SIZE": ""}).relay_batch_size == 200
 
 
 @pytest.mark.parametrize(
