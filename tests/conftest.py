@@ -7,93 +7,25 @@ so tests run in any order. The broker is started once per session on a free port
 
 from __future__ import annotations
 
-import asyncio
-import os
-import sys
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from string import Template
-from typing import Any
 
 import aiohttp
 import asyncpg
 import httpx
-import msgspec
 import pytest
 import redis.asyncio as aioredis
-import uvicorn
-from aiokafka import AIOKafkaConsumer
-from litestar import Litestar
 
 from gateway.app import create_app
-from gateway.auth import key_from_secret
 from gateway.settings import GatewaySettings
-from scoregate_dev.broker import LocalBroker, free_port, wait_for_port
+from scoregate_dev.broker import LocalBroker, free_port
+from tests.support.gateway import serve
+from tests.support.keys import API_KEYS
+from tests.support.sample import SAMPLE_REGISTRY, SampleServers, spawn
+from tests.support.services import PG_ADMIN_DSN, REDIS_URL
 from writeback.config import WritebackConfig
-
-# One key per role, a second scorer (another caller) and an auditor with the pii scope.
-KEYS = {
-    "scorer": "sk-test-scorer-5e1c0d9a",
-    "scorer2": "sk-test-scorer-two-77b2",
-    "feature_writer": "sk-test-feature-writer-4b07",
-    "auditor": "sk-test-auditor-0a4471",
-    "auditor_pii": "sk-test-auditor-pii-93c1",
-    "operator": "sk-test-operator-c2de55",
-    "admin": "sk-test-admin-f00dfeed",
-}
-API_KEYS = (
-    key_from_secret(KEYS["scorer"], ["scorer"]),
-    key_from_secret(KEYS["scorer2"], ["scorer"]),
-    key_from_secret(KEYS["feature_writer"], ["feature_writer"]),
-    key_from_secret(KEYS["auditor"], ["auditor"]),
-    key_from_secret(KEYS["auditor_pii"], ["auditor"], ["pii"]),
-    key_from_secret(KEYS["operator"], ["operator"]),
-    key_from_secret(KEYS["admin"], ["admin"]),
-)
-
-
-def bearer(who: str) -> dict[str, str]:
-    """The Authorization header of one of the test keys."""
-    return {"Authorization": f"Bearer {KEYS[who]}"}
-
-
-PG_ADMIN_DSN = os.environ.get(
-    "SCOREGATE_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
-REDIS_URL = os.environ.get("SCOREGATE_TEST_REDIS", "redis://127.0.0.1:6379/0")
-
-
-async def pg_admin(sql: str) -> None:
-    """Run one statement as the PostgreSQL superuser, outside any test database."""
-    conn = await asyncpg.connect(PG_ADMIN_DSN)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
-def registry_variant(
-    settings: GatewaySettings, path: Path, *edits: tuple[str, str]
-) -> GatewaySettings:
-    """``settings`` with a copy of the test registry edited by (old, new) replacements."""
-    text = settings.registry_path.read_text()
-    for old, new in edits:
-        assert old in text, old
-        text = text.replace(old, new)
-    path.write_text(text)
-    return msgspec.structs.replace(settings, registry_path=path)
-
-
-def roomy() -> list[tuple[str, str]]:
-    """Edits that give sources and the model a minute: held replies and a loaded
-    machine cost time, never a timeout."""
-    return [
-        ("timeout_ms = 150", "timeout_ms = 60000"),
-        ("timeout_ms = 300\n", "timeout_ms = 60000\ndeadline_ms = 120000\n"),
-    ]
 
 
 def _dsn_for(database: str) -> str:
@@ -157,59 +89,12 @@ async def redis_prefix(redis_url: str) -> AsyncIterator[str]:
         await client.aclose()
 
 
-SAMPLE_REGISTRY = Path(__file__).parents[1] / "sample" / "scoregate_dev" / "sample_registry.toml"
-
-
-@dataclass
-class SampleServers:
-    """The sample source APIs and model server, running as child processes."""
-
-    sources_url: str
-    model_url: str
-    http: aiohttp.ClientSession
-
-    async def fault_source(self, source: str, mode: str, **extra: int) -> None:
-        body = {"mode": mode, **extra}
-        async with self.http.put(f"{self.sources_url}/_faults/{source}", json=body) as resp:
-            assert resp.status == 200, await resp.text()
-
-    async def fault_model(self, mode: str, **extra: int) -> None:
-        async with self.http.put(f"{self.model_url}/_faults", json={"mode": mode, **extra}) as r:
-            assert r.status == 200, await r.text()
-
-    async def source_calls(self) -> dict[str, int]:
-        async with self.http.get(f"{self.sources_url}/_stats") as resp:
-            calls: dict[str, int] = (await resp.json())["calls"]
-            return calls
-
-    async def source_record(self, path: str) -> dict[str, object]:
-        async with self.http.get(f"{self.sources_url}{path}") as resp:
-            record: dict[str, object] = await resp.json()
-            return record
-
-    async def reset(self) -> None:
-        for url in (f"{self.sources_url}/_faults", f"{self.model_url}/_faults"):
-            async with self.http.delete(url) as resp:
-                assert resp.status < 300
-        for url in (f"{self.sources_url}/_stats", f"{self.model_url}/_stats"):
-            async with self.http.delete(url) as resp:
-                assert resp.status < 300
-
-
-async def _spawn(module: str, port: int, *args: str) -> asyncio.subprocess.Process:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", module, "--port", str(port), *args
-    )
-    await wait_for_port("127.0.0.1", port)
-    return process
-
-
 @pytest.fixture(scope="session")
 async def sample_servers() -> AsyncIterator[SampleServers]:
     """Sample sources (no added latency) and the sample model, for the whole session."""
     sources_port, model_port = free_port(), free_port()
-    sources = await _spawn("scoregate_dev.sample_sources", sources_port, "--latency-scale", "0")
-    model = await _spawn("scoregate_dev.sample_model", model_port)
+    sources = await spawn("scoregate_dev.sample_sources", sources_port, "--latency-scale", "0")
+    model = await spawn("scoregate_dev.sample_model", model_port)
     async with aiohttp.ClientSession() as http:
         yield SampleServers(
             sources_url=f"http://127.0.0.1:{sources_port}",
@@ -266,31 +151,6 @@ def settings(
     )
 
 
-@asynccontextmanager
-async def serve(app: Litestar, who: str = "admin") -> AsyncIterator[httpx.AsyncClient]:
-    """Run ``app`` on a real HTTP server (uvicorn, in this event loop) and a client for it.
-
-    Requests from the client are truly concurrent, as they are in production; they
-    carry the key of ``who`` unless a request says otherwise.
-    """
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    )
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
-    limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
-    async with httpx.AsyncClient(
-        base_url=f"http://127.0.0.1:{port}", timeout=10, limits=limits, headers=bearer(who)
-    ) as http:
-        yield http
-    server.should_exit = True
-    await task
-
-
 @pytest.fixture
 async def client(settings: GatewaySettings) -> AsyncIterator[httpx.AsyncClient]:
     """A running gateway (lifespan included) behind a real HTTP server, and a client."""
@@ -312,24 +172,3 @@ async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     client = aioredis.Redis.from_url(redis_url)
     yield client
     await client.aclose()
-
-
-async def consume(bootstrap: str, topic: str, expected: int, timeout: float = 15.0) -> list[Any]:
-    """Every record of ``topic`` once ``expected`` arrived (and a moment more, to see extras)."""
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest"
-    )
-    await consumer.start()
-    records: list[Any] = []
-    try:
-        async with asyncio.timeout(timeout):
-            while len(records) < expected:
-                batches = await consumer.getmany(timeout_ms=200)
-                for batch in batches.values():
-                    records.extend(batch)
-        batches = await consumer.getmany(timeout_ms=500)
-        for batch in batches.values():
-            records.extend(batch)
-    finally:
-        await consumer.stop()
-    return records

@@ -22,8 +22,8 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.conftest import KEYS
-from tests.gateway.test_score import body, seed
+from tests.support.keys import KEYS
+from tests.support.scoring import body, seed
 
 pytestmark = pytest.mark.services
 

@@ -14,8 +14,9 @@ import pytest
 
 from gateway.auth import key_from_secret
 from gateway.settings import GatewaySettings
-from tests.conftest import KEYS, SampleServers, bearer
-from tests.gateway.test_score import body, seed
+from tests.support.keys import KEYS, bearer
+from tests.support.sample import SampleServers
+from tests.support.scoring import body, seed
 
 pytestmark = pytest.mark.services
 

@@ -11,8 +11,8 @@ import pytest
 
 from contracts.events import DecisionMade, OutcomeEvent
 from gateway.auth import KeyConfigError, KeyRing, key_from_secret, new_key, parse_keys
-from tests.conftest import KEYS, bearer
-from tests.gateway.test_score import body, seed
+from tests.support.keys import KEYS, bearer
+from tests.support.scoring import body, seed
 
 Client = httpx.AsyncClient
 

@@ -15,8 +15,10 @@ import redis.asyncio as aioredis
 from gateway.app import create_app
 from gateway.features.online_store import StoredValue
 from gateway.settings import GatewaySettings
-from tests.conftest import SampleServers, bearer, serve
-from tests.gateway.test_score import CUSTOMER_FEATURES, body, seed
+from tests.support.gateway import serve
+from tests.support.keys import bearer
+from tests.support.sample import SampleServers
+from tests.support.scoring import CUSTOMER_FEATURES, body, seed
 
 pytestmark = pytest.mark.services
 

@@ -13,23 +13,11 @@ import pytest
 from contracts.registry import BreakerPolicy
 from gateway.breaker import BreakerOpen, DependencyBreaker
 from gateway.deadline import Deadline, DeadlineReached
+from tests.support.clock import ManualClock
 
 
 class NotFoundAnswer(Exception):
     pass
-
-
-class ManualClock:
-    """A monotonic clock that moves only when told to."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture

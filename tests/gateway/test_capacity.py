@@ -27,8 +27,9 @@ import pytest
 
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
-from tests.conftest import bearer, serve
-from tests.gateway.test_score import body, seed
+from tests.support.gateway import serve
+from tests.support.keys import bearer
+from tests.support.scoring import body, seed
 
 pytestmark = pytest.mark.services
 

@@ -14,8 +14,9 @@ import pytest
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from scoregate_dev.broker import LocalBroker
-from tests.conftest import consume, serve
-from tests.gateway.test_score import body, seed
+from tests.support.gateway import serve
+from tests.support.scoring import body, seed
+from tests.support.services import consume
 
 
 async def run_cli(*args: str, env: dict[str, str]) -> tuple[int, str]:

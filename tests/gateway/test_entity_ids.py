@@ -21,7 +21,8 @@ from gateway.app import create_app
 from gateway.features.assembler import path_value
 from gateway.registry import RegistryError, parse_registry
 from gateway.settings import GatewaySettings
-from tests.conftest import SampleServers, serve
+from tests.support.gateway import serve
+from tests.support.sample import SampleServers
 
 Client = httpx.AsyncClient
 

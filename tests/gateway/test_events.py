@@ -11,8 +11,8 @@ import pytest
 
 from contracts.events import DecisionMade, DecisionRolledBack, OutcomeEvent
 from scoregate_dev.broker import LocalBroker
-from tests.conftest import consume
-from tests.gateway.test_score import body, seed
+from tests.support.scoring import body, seed
+from tests.support.services import consume
 
 pytestmark = pytest.mark.services
 

@@ -26,9 +26,10 @@ from gateway.app import create_app
 from gateway.plugin import GatewayPlugin
 from gateway.settings import GatewaySettings
 from scoregate_dev.broker import free_port, wait_for_port
-from tests.conftest import SampleServers, registry_variant, roomy, serve
-from tests.gateway.test_breaker import ManualClock
-from tests.gateway.test_score import body, seed
+from tests.support.clock import ManualClock
+from tests.support.gateway import registry_variant, roomy, serve
+from tests.support.sample import SampleServers
+from tests.support.scoring import body, seed
 
 pytestmark = pytest.mark.services
 

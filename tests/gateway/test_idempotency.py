@@ -22,8 +22,10 @@ from gateway.app import create_app
 from gateway.features.assembler import FeatureAssembler
 from gateway.scoring import Scorer
 from gateway.settings import GatewaySettings
-from tests.conftest import SampleServers, bearer, serve
-from tests.gateway.test_score import body, seed
+from tests.support.gateway import serve
+from tests.support.keys import bearer
+from tests.support.sample import SampleServers
+from tests.support.scoring import body, seed
 
 pytestmark = pytest.mark.services
 

@@ -14,8 +14,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client.parser import text_string_to_metric_families
 
 from scoregate_dev.broker import LocalBroker
-from tests.conftest import bearer, consume
-from tests.gateway.test_score import body, seed
+from tests.support.keys import bearer
+from tests.support.scoring import body, seed
+from tests.support.services import consume
 
 pytestmark = pytest.mark.services
 

@@ -14,8 +14,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
-from tests.conftest import bearer, serve
-from tests.gateway.test_score import body
+from tests.support.gateway import serve
+from tests.support.keys import bearer
+from tests.support.scoring import body
 
 pytestmark = pytest.mark.services
 

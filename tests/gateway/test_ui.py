@@ -22,8 +22,9 @@ from gateway.app import create_app
 from gateway.auth import COOKIE, key_from_secret
 from gateway.settings import GatewaySettings
 from gateway.ui.views import format_duration
-from tests.conftest import KEYS, bearer, serve
-from tests.gateway.test_score import body, seed
+from tests.support.gateway import serve
+from tests.support.keys import KEYS, bearer
+from tests.support.scoring import body, seed
 
 pytestmark = pytest.mark.services
 

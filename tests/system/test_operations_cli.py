@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.writeback.conftest import commit, make_record
+from tests.support.records import commit, make_record
 from writeback.audit_store import AuditStore
 from writeback.config import WritebackConfig
 from writeback.pool import create_pool

@@ -23,9 +23,11 @@ import pytest
 from gateway.app import create_app
 from gateway.auth import COOKIE
 from gateway.settings import GatewaySettings
-from tests.conftest import KEYS, pg_admin, serve
-from tests.gateway.test_score import body, seed
-from tests.system.tcp_proxy import TcpProxy
+from tests.support.gateway import serve
+from tests.support.keys import KEYS
+from tests.support.scoring import body, seed
+from tests.support.services import pg_admin
+from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.services
 

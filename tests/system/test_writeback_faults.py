@@ -24,8 +24,9 @@ from contracts.events import DECISION_MADE, DECISION_ROLLED_BACK
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from scoregate_dev.broker import LocalBroker, free_port, wait_for_port
-from tests.conftest import API_KEYS, bearer, serve
-from tests.system.conftest import (
+from tests.support.gateway import serve
+from tests.support.keys import API_KEYS, bearer
+from tests.support.load import (
     ce_id,
     commit_to_publish_ms,
     committed_events,
@@ -35,8 +36,8 @@ from tests.system.conftest import (
     unaudited,
     wait_drained,
 )
-from tests.system.tcp_proxy import TcpProxy
-from tests.writeback.conftest import commit, make_record
+from tests.support.records import commit, make_record
+from tests.support.tcp_proxy import TcpProxy
 from writeback.audit_store import AuditStore
 from writeback.kafka import KafkaPublisher
 from writeback.pool import create_pool

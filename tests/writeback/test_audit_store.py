@@ -12,8 +12,8 @@ import pytest
 
 from contracts.decisions import DecisionRecord, WritebackState
 from contracts.events import DECISION_MADE, DECISION_ROLLED_BACK, OutcomeEvent
-from tests.system.tcp_proxy import TcpProxy
-from tests.writeback.conftest import commit, make_event, make_record
+from tests.support.records import commit, make_event, make_record
+from tests.support.tcp_proxy import TcpProxy
 from writeback.audit_store import AuditStore, AuditUnavailable, RecordRefused, RequestMismatch
 from writeback.config import WritebackConfig
 from writeback.pool import create_pool

@@ -18,7 +18,7 @@ from aiokafka.structs import RecordMetadata
 
 from contracts.events import DECISION_MADE, DECISION_ROLLED_BACK
 from scoregate_dev.broker import LocalBroker
-from tests.writeback.conftest import commit, make_record
+from tests.support.records import commit, make_record
 from writeback.audit_store import AuditStore
 from writeback.config import WritebackConfig
 from writeback.dead_letters import DeadLetterQueue, NotDeadLettered

@@ -16,8 +16,8 @@ import asyncpg
 import pytest
 
 from scoregate_dev.broker import LocalBroker
-from tests.conftest import pg_admin
-from tests.writeback.conftest import commit, make_record
+from tests.support.records import commit, make_record
+from tests.support.services import pg_admin
 from writeback.audit_store import AuditStore
 from writeback.config import WritebackConfig
 from writeback.kafka import KafkaPublisher

@@ -21,8 +21,8 @@ from contracts.events import (
     OutcomeEvent,
 )
 from scoregate_dev.broker import LocalBroker
-from tests.conftest import consume
-from tests.writeback.conftest import commit, make_record
+from tests.support.records import commit, make_record
+from tests.support.services import consume
 from writeback.audit_store import AuditStore
 from writeback.config import WritebackConfig
 from writeback.kafka import KafkaPublisher, OutgoingMessage

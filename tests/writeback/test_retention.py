@@ -10,7 +10,7 @@ import msgspec
 import pytest
 
 from scoregate_dev.broker import LocalBroker
-from tests.writeback.conftest import commit, make_record
+from tests.support.records import commit, make_record
 from writeback.audit_store import AuditStore
 from writeback.config import WritebackConfig
 from writeback.kafka import KafkaPublisher

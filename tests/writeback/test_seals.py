@@ -18,7 +18,7 @@ import msgspec
 import pytest
 
 from contracts.features import FeatureValue
-from tests.writeback.conftest import make_record
+from tests.support.records import make_record
 from writeback.config import WritebackConfig
 from writeback.seals import DecisionSealer, verify
 

@@ -1,0 +1,1 @@
+"""What the tests share: keys, services, the sample servers, request bodies, records, load."""
