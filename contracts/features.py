@@ -24,12 +24,59 @@ FeatureStatus = Literal["fresh", "stale", "fallback", "default", "missing", "req
 Identifier = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 
 
+class StreamPosition(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a feature-update event sat in Kafka."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+class ChangePosition(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Where a change event came from in the source database (Debezium's ``source``).
+
+    Attributes:
+        connector: the connector kind (``postgresql``, ``mysql``, ...).
+        name: the connector's logical name (the topic prefix).
+        database: the database the row lives in.
+        schema: the schema of the table, where the database has schemas.
+        table: the table.
+        lsn: the log sequence number of the change (PostgreSQL; the binlog position
+            elsewhere), which orders the changes of one row.
+        tx_id: the id of the transaction that committed the change.
+        snapshot: the row was read by a snapshot, not changed.
+    """
+
+    connector: str
+    name: str = ""
+    database: str
+    schema: str | None = None
+    table: str
+    lsn: int | None = None
+    tx_id: int | None = None
+    snapshot: bool = False
+
+
+Channel = Literal["api", "stream", "cdc", "backfill"]
+"""How a value reached the online store: ``POST /features/push``, a feature-update
+event, a Debezium change event, or a backfill file through ``scoregate ingest``."""
+
+
 class Lineage(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """Where a value came from: the upstream record and how it was turned into a feature.
 
     Attributes:
-        kind: ``push`` for values written through ``/features/push``, ``fallback`` for
-            values fetched from a source API by the gateway.
+        kind: ``push`` for values written into the online store by an upstream
+            (``/features/push`` or ``scoregate ingest``), ``fallback`` for values
+            fetched from a source API by the gateway.
+        event_time: when the fact happened, or for a change event when the source
+            database committed it.
+        ingested_at: when scoregate stored the value.
+        effective_time: when the value became authoritative, where the event says.
+        channel: how a pushed value reached the store.
+        event_id: the id of the event that carried the value (its CloudEvent id).
+        stream: the event's topic, partition and offset.
+        change: the change event's origin in the source database.
     """
 
     lineage_id: str
@@ -42,6 +89,11 @@ class Lineage(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     entity_id: str
     event_time: datetime
     ingested_at: datetime
+    effective_time: datetime | None = None
+    channel: Channel | None = None
+    event_id: str | None = None
+    stream: StreamPosition | None = None
+    change: ChangePosition | None = None
 
 
 class FeatureValue(msgspec.Struct, frozen=True, kw_only=True):
@@ -56,6 +108,7 @@ class FeatureValue(msgspec.Struct, frozen=True, kw_only=True):
     max_staleness_ms: int | None = None
     lineage_id: str | None = None
     schema_version: int | None = None
+    effective_time: datetime | None = None
 
 
 class PushLineage(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

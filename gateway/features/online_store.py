@@ -2,8 +2,13 @@
 
 Each field holds a msgpack array: the value, its event time and ingest time (epoch
 milliseconds) and its lineage, so one ``HMGET`` returns everything a decision needs
-to say how fresh a value is and where it came from. Writes go through a Lua script
-that compares event times, so an older value never overwrites a newer one.
+to say how fresh a value is and where it came from. Every writer (``/features/push``,
+the read-through of fetched values, ``scoregate ingest``, backfill) goes through one
+Lua compare-and-set per entity, which orders values by (event time, sequence): an
+older value never overwrites a newer one, a value with the same event time is
+ordered by its sequence (a Kafka offset, a database log position), and the same
+(event time, sequence) again is a duplicate. A deleted feature is kept as a marker
+with its event time, so an older change cannot bring it back; reads see it missing.
 
 Connections come from a bounded pool. A command waits for a free connection within the
 request's deadline, and that wait is not Redis's fault: only the command itself runs
@@ -17,6 +22,7 @@ import hashlib
 import logging
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from typing import Literal, NamedTuple
 
 import msgspec
 import redis.asyncio as aioredis
@@ -24,7 +30,13 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
-from contracts.features import FeatureScalar, Lineage
+from contracts.features import (
+    ChangePosition,
+    Channel,
+    FeatureScalar,
+    Lineage,
+    StreamPosition,
+)
 from contracts.registry import OnlineStoreSpec
 from gateway.breaker import BreakerOpen, DependencyBreaker
 from gateway.deadline import Deadline, DeadlineReached
@@ -38,10 +50,12 @@ SOCKET_TIMEOUT_S = 1.0
 class StoredValue(msgspec.Struct, array_like=True, frozen=True):
     """One feature value as kept in Redis.
 
-    ``event_time_ms`` must stay the second element: the compare-and-set script reads it.
+    ``event_time_ms`` must stay the second element and ``sequence`` the tenth: the
+    compare-and-set script reads them. Fields after ``transform`` have defaults, so
+    values written before they existed still decode.
     """
 
-    value: FeatureScalar
+    value: FeatureScalar | None
     event_time_ms: int
     ingested_at_ms: int
     lineage_id: str
@@ -50,6 +64,13 @@ class StoredValue(msgspec.Struct, array_like=True, frozen=True):
     source_ref: str
     schema_version: int | None
     transform: str | None
+    sequence: int = 0
+    deleted: bool = False
+    effective_time_ms: int | None = None
+    channel: Channel | None = None
+    event_id: str | None = None
+    stream: StreamPosition | None = None
+    change: ChangePosition | None = None
 
     def lineage(self, entity: str, entity_id: str) -> Lineage:
         """The full lineage record of this value."""
@@ -64,33 +85,65 @@ class StoredValue(msgspec.Struct, array_like=True, frozen=True):
             entity_id=entity_id,
             event_time=from_millis(self.event_time_ms),
             ingested_at=from_millis(self.ingested_at_ms),
+            effective_time=(
+                None if self.effective_time_ms is None else from_millis(self.effective_time_ms)
+            ),
+            channel=self.channel,
+            event_id=self.event_id,
+            stream=self.stream,
+            change=self.change,
         )
+
+
+WriteOutcome = Literal["written", "older", "duplicate"]
+"""What the compare-and-set did with one feature's value."""
+
+_OUTCOMES: dict[int, WriteOutcome] = {1: "written", 0: "older", 2: "duplicate"}
+
+
+class EntityWrite(NamedTuple):
+    """Values of one entity to write, all of one event time and sequence."""
+
+    entity: str
+    entity_id: str
+    event_time_ms: int
+    sequence: int
+    values: Mapping[str, StoredValue]
 
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(StoredValue).decode
 
-# KEYS[1] = the entity hash; ARGV[1] = event time (ms); then field, value pairs.
-# Writes a field only when no stored value is newer; returns the fields written.
+# KEYS[1] = the entity hash; ARGV[1] = event time (ms), ARGV[2] = sequence; then field,
+# value pairs. A field is written unless the stored value is newer by (event time,
+# sequence); the same pair again is a duplicate. Returns one code per field, in order:
+# 1 written, 0 older (kept the newer), 2 duplicate.
 _COMPARE_AND_SET = """
 local event_time = tonumber(ARGV[1])
-local written = {}
-for i = 2, #ARGV, 2 do
+local sequence = tonumber(ARGV[2])
+local outcomes = {}
+for i = 3, #ARGV, 2 do
   local field = ARGV[i]
-  local newer = false
+  local outcome = 1
   local old = redis.call('HGET', KEYS[1], field)
   if old then
     local ok, decoded = pcall(cmsgpack.unpack, old)
     if ok and type(decoded) == 'table' and tonumber(decoded[2]) ~= nil then
-      newer = tonumber(decoded[2]) > event_time
+      local old_time = tonumber(decoded[2])
+      local old_sequence = tonumber(decoded[10]) or 0
+      if old_time > event_time or (old_time == event_time and old_sequence > sequence) then
+        outcome = 0
+      elseif old_time == event_time and old_sequence == sequence then
+        outcome = 2
+      end
     end
   end
-  if not newer then
+  if outcome == 1 then
     redis.call('HSET', KEYS[1], field, ARGV[i + 1])
-    written[#written + 1] = field
   end
+  outcomes[#outcomes + 1] = outcome
 end
-return written
+return outcomes
 """
 
 
@@ -207,10 +260,7 @@ class OnlineStore:
             raise StoreUnavailable("no answer within the read timeout") from exc
         except (RedisError, OSError, BreakerOpen) as exc:
             raise StoreUnavailable(str(exc)) from exc
-        return [
-            {name: _decode(raw) for name, raw in zip(names, row, strict=True) if raw is not None}
-            for (_, _, names), row in zip(reads, rows, strict=True)
-        ]
+        return [_present(names, row) for (_, _, names), row in zip(reads, rows, strict=True)]
 
     async def write(
         self,
@@ -219,24 +269,51 @@ class OnlineStore:
         event_time_ms: int,
         values: Mapping[str, StoredValue],
         deadline: Deadline | None = None,
+        sequence: int = 0,
     ) -> list[str]:
         """Write values unless the store holds newer ones; returns the fields written.
 
         The write waits for a connection until ``deadline``, or, without one, as long
         as it would wait on a Redis socket.
         """
-        args: list[bytes | str | int] = [event_time_ms]
-        for name, stored in values.items():
-            args.extend((name, _encode(stored)))
         wait = Deadline(SOCKET_TIMEOUT_S) if deadline is None else deadline
+        batch = [EntityWrite(entity, entity_id, event_time_ms, sequence, values)]
+        [outcomes] = await self.write_many(batch, wait)
+        return [name for name, outcome in outcomes.items() if outcome == "written"]
+
+    async def write_many(
+        self, writes: Sequence[EntityWrite], deadline: Deadline
+    ) -> list[dict[str, WriteOutcome]]:
+        """Compare-and-set the values of many entities in one pipeline.
+
+        Returns the outcome of every feature, per write, in order. Each entity's
+        write is atomic on its own (one script call); the pipeline only saves round
+        trips, it is not a transaction across entities.
+        """
+        if not writes:
+            return []
         try:
-            async with self.breaker.guard(), wait.holding(self._slots):
-                written = await self._compare_and_set(keys=[self.key(entity, entity_id)], args=args)
+            async with (
+                self.breaker.guard(),
+                deadline.holding(self._slots),
+                self._client.pipeline(transaction=False) as pipe,
+            ):
+                for write in writes:
+                    args: list[bytes | str | int] = [write.event_time_ms, write.sequence]
+                    for name, stored in write.values.items():
+                        args.extend((name, _encode(stored)))
+                    await self._compare_and_set(
+                        keys=[self.key(write.entity, write.entity_id)], args=args, client=pipe
+                    )
+                replies = await pipe.execute()
         except DeadlineReached as exc:
             raise StoreUnavailable("no Redis connection was free in time") from exc
         except (RedisError, OSError, BreakerOpen) as exc:
             raise StoreUnavailable(str(exc)) from exc
-        return [w.decode() if isinstance(w, bytes) else str(w) for w in written]
+        return [
+            {name: _OUTCOMES[int(code)] for name, code in zip(write.values, codes, strict=True)}
+            for write, codes in zip(writes, replies, strict=True)
+        ]
 
     async def open(self) -> None:
         """Open the pool's connections now, at start-up.
@@ -264,3 +341,14 @@ class OnlineStore:
     async def close(self) -> None:
         """Close the connection pool."""
         await self._client.aclose()
+
+
+def _present(names: Sequence[str], row: Sequence[bytes | None]) -> dict[str, StoredValue]:
+    """The stored values of one entity's read; deleted features are missing."""
+    found = {}
+    for name, raw in zip(names, row, strict=True):
+        if raw is not None:
+            stored = _decode(raw)
+            if not stored.deleted:
+                found[name] = stored
+    return found

@@ -100,11 +100,17 @@ class FeaturePusher:
                     else self._registry.features[name].schema_version
                 ),
                 transform=lineage.transform,
+                sequence=ingested_at_ms,
+                channel="api",
             )
             for name, value in values.items()
         }
         try:
-            written = await self._store.write(entity, entity_id, event_time_ms, stored)
+            # A second push of the same event time is a correction: its later ingest
+            # time orders it after the first.
+            written = await self._store.write(
+                entity, entity_id, event_time_ms, stored, sequence=ingested_at_ms
+            )
         except StoreUnavailable as exc:
             raise Unavailable("the online store is unavailable", field="online_store") from exc
         return PushResponse(

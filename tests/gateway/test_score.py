@@ -60,6 +60,7 @@ async def test_fresh_features_come_from_redis_in_one_round_trip(
         "max_staleness_ms": None,
         "lineage_id": None,
         "schema_version": None,
+        "effective_time": None,
     }
 
 
@@ -189,6 +190,7 @@ async def test_policy_default_and_fail(
         "max_staleness_ms": 3_600_000,
         "lineage_id": None,
         "schema_version": 1,
+        "effective_time": None,
     }
     assert features["kyc_level"]["status"] == "fallback"
     assert response.json()["degraded"] is True

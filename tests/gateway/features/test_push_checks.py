@@ -60,7 +60,12 @@ class FakeStore:
         self.down = False
 
     async def write(
-        self, entity: str, entity_id: str, event_time_ms: int, values: Mapping[str, StoredValue]
+        self,
+        entity: str,
+        entity_id: str,
+        event_time_ms: int,
+        values: Mapping[str, StoredValue],
+        sequence: int = 0,
     ) -> list[str]:
         if self.down:
             raise StoreUnavailable("redis is down")

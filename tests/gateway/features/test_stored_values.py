@@ -32,20 +32,33 @@ def value(kind: str = "push") -> StoredValue:
     )
 
 
-def test_the_event_time_is_the_second_element_of_the_stored_array() -> None:
-    raw = msgspec.msgpack.encode(value())
-    assert msgspec.msgpack.decode(raw) == [
-        2.5,
-        1_772_366_400_123,
-        1_772_366_400_456,
-        "lin_x",
-        "push",
-        "cdc",
-        "r:1",
-        2,
-        "sum_24h",
-    ]
-    assert msgspec.msgpack.decode(raw, type=StoredValue) == value()
+LAYOUT_BEFORE_SEQUENCES = [
+    2.5,
+    1_772_366_400_123,
+    1_772_366_400_456,
+    "lin_x",
+    "push",
+    "cdc",
+    "r:1",
+    2,
+    "sum_24h",
+]
+
+
+def test_event_time_and_sequence_are_the_second_and_tenth_elements() -> None:
+    stored = msgspec.structs.replace(value(), sequence=42)
+    raw = msgspec.msgpack.encode(stored)
+    decoded = msgspec.msgpack.decode(raw)
+    assert decoded[:9] == LAYOUT_BEFORE_SEQUENCES
+    assert decoded[9] == 42
+    assert msgspec.msgpack.decode(raw, type=StoredValue) == stored
+
+
+def test_values_stored_before_sequences_existed_still_decode() -> None:
+    raw = msgspec.msgpack.encode(LAYOUT_BEFORE_SEQUENCES)
+    old = msgspec.msgpack.decode(raw, type=StoredValue)
+    assert old == value()
+    assert (old.sequence, old.deleted, old.effective_time_ms, old.change) == (0, False, None, None)
 
 
 def test_lineage_carries_the_entity_and_times_as_utc() -> None:

@@ -1,0 +1,97 @@
+"""The online store's compare-and-set against real Redis: ordered by (event time,
+sequence), duplicates recognised, deletions kept as markers that reads see missing."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from contracts.registry import OnlineStoreSpec
+from gateway.deadline import Deadline
+from gateway.features.online_store import EntityWrite, OnlineStore, StoredValue
+
+pytestmark = pytest.mark.services
+
+
+@pytest.fixture
+async def store(redis_url: str, redis_prefix: str) -> AsyncIterator[OnlineStore]:
+    online = OnlineStore.from_url(redis_url, redis_prefix, OnlineStoreSpec(), max_connections=4)
+    yield online
+    await online.close()
+
+
+def stored(
+    value: int | None, event_time_ms: int, sequence: int, deleted: bool = False
+) -> StoredValue:
+    return StoredValue(
+        value=value,
+        event_time_ms=event_time_ms,
+        ingested_at_ms=event_time_ms + 5,
+        lineage_id=f"lin_{event_time_ms}_{sequence}",
+        kind="push",
+        source_system="orders",
+        source_ref=f"orders:{sequence}",
+        schema_version=1,
+        transform=None,
+        sequence=sequence,
+        deleted=deleted,
+        channel="stream",
+    )
+
+
+def write(
+    value: int | None, event_time_ms: int, sequence: int, deleted: bool = False
+) -> EntityWrite:
+    return EntityWrite(
+        "customer",
+        "c-1",
+        event_time_ms,
+        sequence,
+        {"txn_count_30m": stored(value, event_time_ms, sequence, deleted)},
+    )
+
+
+async def current(store: OnlineStore) -> int | None:
+    [found] = await store.read([("customer", "c-1", ["txn_count_30m"])], Deadline(5))
+    value = found.get("txn_count_30m")
+    return None if value is None else int(value.value)  # type: ignore[arg-type]
+
+
+async def outcome(store: OnlineStore, entity_write: EntityWrite) -> str:
+    [outcomes] = await store.write_many([entity_write], Deadline(5))
+    return outcomes["txn_count_30m"]
+
+
+async def test_order_is_event_time_then_sequence_and_a_repeat_is_a_duplicate(
+    store: OnlineStore,
+) -> None:
+    assert await outcome(store, write(1, 1000, 7)) == "written"
+    assert await outcome(store, write(2, 1000, 9)) == "written"
+    assert await outcome(store, write(3, 1000, 8)) == "older"
+    assert await outcome(store, write(2, 1000, 9)) == "duplicate"
+    assert await outcome(store, write(4, 999, 50)) == "older"
+    assert await current(store) == 2
+    assert await outcome(store, write(5, 1001, 0)) == "written"
+    assert await current(store) == 5
+
+
+async def test_a_deletion_hides_the_value_and_an_older_change_cannot_bring_it_back(
+    store: OnlineStore,
+) -> None:
+    assert await outcome(store, write(1, 1000, 1)) == "written"
+    assert await outcome(store, write(None, 2000, 2, deleted=True)) == "written"
+    assert await current(store) is None
+    assert await outcome(store, write(7, 1500, 9)) == "older"
+    assert await current(store) is None
+    assert await outcome(store, write(8, 2500, 3)) == "written"
+    assert await current(store) == 8
+
+
+async def test_many_entities_in_one_pipeline_each_get_their_own_outcomes(
+    store: OnlineStore,
+) -> None:
+    first = write(1, 1000, 1)
+    other = first._replace(entity_id="c-2")
+    outcomes = await store.write_many([first, other, write(0, 500, 1)], Deadline(5))
+    assert [o["txn_count_30m"] for o in outcomes] == ["written", "written", "older"]
