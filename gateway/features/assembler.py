@@ -261,6 +261,7 @@ class FeatureAssembler:
             max_staleness_ms=feature.max_staleness_ms,
             lineage_id=stored.lineage_id,
             schema_version=stored.schema_version,
+            effective_time=lineage.effective_time,
         )
         assembly.lineage[feature.name] = lineage
 
