@@ -50,9 +50,9 @@ SOCKET_TIMEOUT_S = 1.0
 class StoredValue(msgspec.Struct, array_like=True, frozen=True):
     """One feature value as kept in Redis.
 
-    ``event_time_ms`` must stay the second element and ``sequence`` the tenth: the
-    compare-and-set script reads them. Fields after ``transform`` have defaults, so
-    values written before they existed still decode.
+    ``event_time_ms`` must stay the second element, ``sequence`` the tenth and
+    ``event_id`` the fourteenth: the compare-and-set script reads them. Fields after
+    ``transform`` have defaults, so values written before they existed still decode.
     """
 
     value: FeatureScalar | None
@@ -102,27 +102,30 @@ _OUTCOMES: dict[int, WriteOutcome] = {1: "written", 0: "older", 2: "duplicate"}
 
 
 class EntityWrite(NamedTuple):
-    """Values of one entity to write, all of one event time and sequence."""
+    """Values of one entity to write, all of one event (time, sequence and id)."""
 
     entity: str
     entity_id: str
     event_time_ms: int
     sequence: int
     values: Mapping[str, StoredValue]
+    event_id: str = ""
 
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(StoredValue).decode
 
-# KEYS[1] = the entity hash; ARGV[1] = event time (ms), ARGV[2] = sequence; then field,
-# value pairs. A field is written unless the stored value is newer by (event time,
-# sequence); the same pair again is a duplicate. Returns one code per field, in order:
-# 1 written, 0 older (kept the newer), 2 duplicate.
+# KEYS[1] = the entity hash; ARGV[1] = event time (ms), ARGV[2] = sequence, ARGV[3] =
+# event id ("" for none); then field, value pairs. A field is written unless the stored
+# value is newer by (event time, sequence). The same event again (the same event time
+# with the same event id, or the same sequence) is a duplicate. Returns one code per
+# field, in order: 1 written, 0 older (kept the newer), 2 duplicate.
 _COMPARE_AND_SET = """
 local event_time = tonumber(ARGV[1])
 local sequence = tonumber(ARGV[2])
+local event_id = ARGV[3]
 local outcomes = {}
-for i = 3, #ARGV, 2 do
+for i = 4, #ARGV, 2 do
   local field = ARGV[i]
   local outcome = 1
   local old = redis.call('HGET', KEYS[1], field)
@@ -131,10 +134,11 @@ for i = 3, #ARGV, 2 do
     if ok and type(decoded) == 'table' and tonumber(decoded[2]) ~= nil then
       local old_time = tonumber(decoded[2])
       local old_sequence = tonumber(decoded[10]) or 0
-      if old_time > event_time or (old_time == event_time and old_sequence > sequence) then
-        outcome = 0
-      elseif old_time == event_time and old_sequence == sequence then
+      local same_event = event_id ~= '' and decoded[14] == event_id
+      if old_time == event_time and (same_event or old_sequence == sequence) then
         outcome = 2
+      elseif old_time > event_time or (old_time == event_time and old_sequence > sequence) then
+        outcome = 0
       end
     end
   end
@@ -299,7 +303,11 @@ class OnlineStore:
                 self._client.pipeline(transaction=False) as pipe,
             ):
                 for write in writes:
-                    args: list[bytes | str | int] = [write.event_time_ms, write.sequence]
+                    args: list[bytes | str | int] = [
+                        write.event_time_ms,
+                        write.sequence,
+                        write.event_id,
+                    ]
                     for name, stored in write.values.items():
                         args.extend((name, _encode(stored)))
                     await self._compare_and_set(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import msgspec
 import pytest
 
 from contracts.registry import OnlineStoreSpec
@@ -95,3 +96,22 @@ async def test_many_entities_in_one_pipeline_each_get_their_own_outcomes(
     other = first._replace(entity_id="c-2")
     outcomes = await store.write_many([first, other, write(0, 500, 1)], Deadline(5))
     assert [o["txn_count_30m"] for o in outcomes] == ["written", "written", "older"]
+
+
+def event(value: int, event_time_ms: int, sequence: int, event_id: str) -> EntityWrite:
+    base = write(value, event_time_ms, sequence)
+    values = {
+        name: msgspec.structs.replace(stored, event_id=event_id)
+        for name, stored in base.values.items()
+    }
+    return base._replace(values=values, event_id=event_id)
+
+
+async def test_the_same_event_at_another_offset_is_a_duplicate(store: OnlineStore) -> None:
+    first = event(1, 1000, 7, "ev-1")
+    again = event(1, 1000, 12, "ev-1")
+    assert await outcome(store, first) == "written"
+    assert await outcome(store, again) == "duplicate"
+    other = event(3, 1000, 12, "ev-2")
+    assert await outcome(store, other) == "written"
+    assert await current(store) == 3
