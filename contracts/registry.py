@@ -1,10 +1,10 @@
-"""The registry file: entities, source APIs, features and models.
+"""The registry file: entities, source APIs, features, models and the streams ingested.
 
 Unknown keys in the file are errors, not ignored (``forbid_unknown_fields``).
 
 The file is TOML; it decodes into these Structs at start-up, and the same shape is
 served at ``GET /registry``. Cross-references (a feature's source, a model's
-features) are checked by the gateway when it loads the file.
+features, a stream's column mappings) are checked by the gateway when it loads the file.
 """
 
 from __future__ import annotations
@@ -188,6 +188,77 @@ class OnlineStoreSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     )
 
 
+Topic = Annotated[str, msgspec.Meta(min_length=1, max_length=245, pattern=r"^[A-Za-z0-9._-]+$")]
+"""A Kafka topic name, short enough that its dead-letter topic (``<topic>.dlq``) is one too."""
+
+Column = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")]
+
+
+class ColumnMapping(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The feature one column of a table feeds.
+
+    Attributes:
+        feature: The feature the column's value becomes; it must belong to the table's
+            entity.
+        dtype: The type the column holds, as a registry dtype. It must equal the
+            feature's: declaring it here makes a change of either side a load error
+            rather than a surprise in the stream.
+    """
+
+    feature: Name
+    dtype: DType
+
+
+class TableMapping(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How the rows of one source table become features of one entity.
+
+    Attributes:
+        table: The table as ``schema.table`` (``public.merchants``), or ``table`` alone
+            to match it in any schema. A change event's ``source.schema`` and
+            ``source.table`` choose the mapping; ``schema.table`` wins over ``table``.
+        entity: The entity a row is about.
+        key_column: The column that holds the entity's id, read from the record key
+            or else from the row image.
+        columns: Per column name, the feature it feeds and its dtype. Columns not
+            listed are ignored (and reported once as extra fields).
+    """
+
+    table: Annotated[
+        str, msgspec.Meta(min_length=1, max_length=257, pattern=r"^[^.\s]+(\.[^.\s]+)?$")
+    ]
+    entity: Name
+    key_column: Column
+    columns: Annotated[dict[Column, ColumnMapping], msgspec.Meta(min_length=1)]
+
+
+class Stream(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A Kafka topic that ``scoregate ingest`` reads into the online store.
+
+    Attributes:
+        name: The stream's name; the ``source`` label of the ingest metrics.
+        topic: The topic to consume. Records that fail their contract go to
+            ``<topic>.dlq``.
+        format: ``feature_update``: scoregate's feature-update CloudEvents (binary
+            mode, ``ce_type = scoregate.features.updated``); ``debezium``: Debezium
+            change events from the JSON converter, with or without the schema
+            envelope, or flattened by ``ExtractNewRecordState``.
+        schema_versions: The schema versions of feature-update events the stream
+            accepts; an event of another version is dead-lettered as a schema change.
+            Empty accepts any. Only for ``feature_update`` streams.
+        owner: Who to tell when the stream's records stop fitting the registry, for
+            features that name no owner of their own.
+        tables: For ``debezium`` streams (at least one), how each table's rows become
+            features; ``feature_update`` streams name their features in each event.
+    """
+
+    name: Name
+    topic: Topic
+    format: Literal["feature_update", "debezium"]
+    schema_versions: list[Annotated[int, msgspec.Meta(ge=0)]] = msgspec.field(default_factory=list)
+    owner: str = ""
+    tables: list[TableMapping] = msgspec.field(default_factory=list)
+
+
 class RegistryFile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The whole registry file."""
 
@@ -196,3 +267,4 @@ class RegistryFile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     features: list[Feature] = msgspec.field(default_factory=list)
     models: list[Model] = msgspec.field(default_factory=list)
     online_store: OnlineStoreSpec = msgspec.field(default_factory=OnlineStoreSpec)
+    streams: list[Stream] = msgspec.field(default_factory=list)

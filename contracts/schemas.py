@@ -28,6 +28,7 @@ from contracts.deadletters import DeadLetter, DeadLetterPage
 from contracts.decisions import DecisionRecord, RollbackRequest, RollbackState
 from contracts.events import OutcomeEvent
 from contracts.features import PushRequest, PushResponse
+from contracts.ingest import FeatureUpdate, FeatureUpdateEvent
 from contracts.registry import RegistryFile
 from contracts.scoring import ErrorBody, ScoreRequest, ScoreResponse
 from contracts.version import CONTRACT_VERSION
@@ -51,6 +52,10 @@ PUBLIC_TYPES: dict[str, PublicType] = {
     "score-response": PublicType(ScoreResponse, _RECEIVED),
     "push-request": PublicType(PushRequest, _SENT),
     "push-response": PublicType(PushResponse, _RECEIVED),
+    # Upstreams produce them: the data of a feature-update CloudEvent in Kafka, and a
+    # whole event in structured mode as a line of a backfill file.
+    "feature-update": PublicType(FeatureUpdate, _SENT),
+    "feature-update-event": PublicType(FeatureUpdateEvent, _SENT),
     "decision-record": PublicType(DecisionRecord, _RECEIVED),
     "rollback-request": PublicType(RollbackRequest, _SENT),
     "rollback-state": PublicType(RollbackState, _RECEIVED),
