@@ -1,8 +1,9 @@
-"""Loading the registry file: decode, check cross-references, index for the hot path."""
+"""Loading the registry file: decode, check cross-references, index for the hot path and ingest."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,9 +21,11 @@ from contracts.registry import (
     Model,
     RegistryFile,
     Source,
+    Stream,
+    TableMapping,
 )
 
-_Named = TypeVar("_Named", Entity, Source, Feature, Model)
+_Named = TypeVar("_Named", Entity, Source, Feature, Model, Stream)
 
 
 class RegistryError(Exception):
@@ -130,6 +133,8 @@ class Registry:
     plans: dict[str, ModelPlan] = field(default_factory=dict)
     ids: dict[str, EntityIds] = field(default_factory=dict)
     """Per entity name, the ids it admits."""
+    streams: dict[str, Stream] = field(default_factory=dict)
+    """The streams ``scoregate ingest`` reads, by topic (each topic is one stream's)."""
 
 
 def load_registry(path: Path) -> Registry:
@@ -179,6 +184,7 @@ def parse_registry(data: bytes, origin: str = "<registry>") -> Registry:
         model.name: checker.model(model, f"$.models[{i}]", entities, features)
         for i, model in enumerate(spec.models)
     }
+    streams = checker.streams(spec.streams, entities, features)
     return Registry(
         file=spec,
         digest=hashlib.sha256(data).hexdigest()[:16],
@@ -189,6 +195,7 @@ def parse_registry(data: bytes, origin: str = "<registry>") -> Registry:
         models=models,
         plans=plans,
         ids=ids,
+        streams=streams,
     )
 
 
@@ -283,3 +290,91 @@ class _Checker:
             pii=frozenset(spec.name for spec in specs if spec.classification == "pii"),
             published=tuple(published),
         )
+
+    def streams(
+        self,
+        streams: Sequence[Stream],
+        entities: dict[str, Entity],
+        features: dict[str, Feature],
+    ) -> dict[str, Stream]:
+        self.index(streams, "streams")
+        by_topic: dict[str, Stream] = {}
+        for i, stream in enumerate(streams):
+            at = f"$.streams[{i}]"
+            if stream.topic in (".", ".."):
+                self.fail(f"{stream.topic!r} is not a Kafka topic name", f"{at}.topic")
+            other = by_topic.get(stream.topic)
+            if other is not None:
+                self.fail(
+                    f"topic {stream.topic!r} is stream {other.name!r}'s already", f"{at}.topic"
+                )
+            by_topic[stream.topic] = stream
+            if stream.format == "feature_update":
+                if stream.tables:
+                    self.fail(
+                        "a feature_update stream has no tables: its events name their features",
+                        f"{at}.tables",
+                    )
+                continue
+            if not stream.tables:
+                self.fail("a debezium stream maps at least one table", f"{at}.tables")
+            if stream.schema_versions:
+                self.fail(
+                    "schema_versions are those of feature-update events: not for a debezium stream",
+                    f"{at}.schema_versions",
+                )
+            seen: set[str] = set()
+            for j, table in enumerate(stream.tables):
+                if table.table in seen:
+                    self.fail(f"table {table.table!r} mapped twice", f"{at}.tables[{j}].table")
+                seen.add(table.table)
+                self.table(table, f"{at}.tables[{j}]", entities, features)
+        for i, stream in enumerate(streams):
+            # Reading a dead-letter topic back in would dead-letter its records again.
+            origin = by_topic.get(stream.topic.removesuffix(".dlq"))
+            if stream.topic.endswith(".dlq") and origin is not None:
+                self.fail(
+                    f"{stream.topic!r} is the dead-letter topic of stream {origin.name!r}",
+                    f"$.streams[{i}].topic",
+                )
+        return by_topic
+
+    def table(
+        self,
+        table: TableMapping,
+        at: str,
+        entities: dict[str, Entity],
+        features: dict[str, Feature],
+    ) -> None:
+        if table.entity not in entities:
+            self.fail(f"unknown entity {table.entity!r}", f"{at}.entity")
+        mapped: dict[str, str] = {}
+        for column, mapping in table.columns.items():
+            where = f"{at}.columns{_member(column)}"
+            feature = features.get(mapping.feature)
+            if feature is None:
+                self.fail(f"unknown feature {mapping.feature!r}", f"{where}.feature")
+                return
+            if feature.entity != table.entity:
+                self.fail(
+                    f"feature {feature.name!r} belongs to entity {feature.entity!r},"
+                    f" not {table.entity!r}",
+                    f"{where}.feature",
+                )
+            if mapping.dtype != feature.dtype:
+                self.fail(
+                    f"column {column!r} is declared {mapping.dtype}, but feature"
+                    f" {feature.name!r} is {feature.dtype}",
+                    f"{where}.dtype",
+                )
+            if feature.name in mapped:
+                self.fail(
+                    f"feature {feature.name!r} is fed by column {mapped[feature.name]!r} already",
+                    f"{where}.feature",
+                )
+            mapped[feature.name] = column
+
+
+def _member(name: str) -> str:
+    """A path step to a map's member: ``.name``, or ``["odd name"]`` when it is not a word."""
+    return f".{name}" if re.fullmatch(r"\w+", name) else f"[{json.dumps(name)}]"
