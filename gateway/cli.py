@@ -1,4 +1,4 @@
-"""The ``scoregate`` command: serve, relay, migrate, maintain, dlq, dev, demo."""
+"""The ``scoregate`` command: serve, ingest, relay, migrate, maintain, dlq, audit, dev, demo."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import uvicorn
 
 import writeback
 from gateway.auth import ROLES, new_key
+from gateway.ingest.cli import add_commands as add_ingest_commands
 from gateway.registry import RegistryError, load_registry
 from gateway.settings import GatewaySettings
 
@@ -198,7 +199,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1)
     serve.add_argument("--log-level", default="warning")
-    # relay, migrate, maintain, dlq and audit: each parser's `run` carries it out.
+    # ingest, relay, migrate, maintain, dlq and audit: each parser's `run` carries it out.
+    add_ingest_commands(commands)
     writeback.add_commands(commands)
     dev = commands.add_parser(
         "dev", help="the sample stack on this machine, until Ctrl-C (needs scoregate-dev)"

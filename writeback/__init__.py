@@ -48,12 +48,13 @@ from writeback.errors import (
 )
 from writeback.kafka import KafkaPublisher, OutgoingMessage
 from writeback.pool import create_pool, reconnect_if_read_only
-from writeback.relay import OutboxRelay
+from writeback.relay import ERROR_HEADER_PREFIX, OutboxRelay
 from writeback.retention import Retention, RetentionReport
 from writeback.schema import ensure_database, migrate
 from writeback.seals import DecisionSealer, verify
 
 __all__ = [
+    "ERROR_HEADER_PREFIX",
     "AuditStore",
     "AuditUnavailable",
     "BadCursor",
