@@ -32,7 +32,7 @@ owner = "merchant-data@example.com"
 [[streams.tables]]
 table = "public.merchants"
 entity = "merchant"
-key_column = "id"
+key_column = "merchant_id"
 columns = {{ chargeback_rate = {{ feature = "chargeback_rate_90d", dtype = "float64" }} }}
 """
 

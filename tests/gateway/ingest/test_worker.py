@@ -373,3 +373,82 @@ async def test_replay_from_a_time_and_a_backfill_never_roll_a_value_back(
 
 async def _at_least(report: Any, records: int) -> bool:
     return bool(report.records >= records)
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def change_event(name: str) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
+    """A Debezium fixture as the connector would produce it: JSON key and value."""
+    fixture = json.loads((FIXTURES / f"{name}.json").read_text())
+    key = None if fixture["key"] is None else json.dumps(fixture["key"]).encode()
+    value = None if fixture["value"] is None else json.dumps(fixture["value"]).encode()
+    return key, value, []
+
+
+async def merchant_rate(online: OnlineStore, merchant: str) -> Any:
+    [found] = await online.read([("merchant", merchant, ["chargeback_rate_90d"])], Deadline(5))
+    return found.get("chargeback_rate_90d")
+
+
+async def test_change_events_create_update_delete_and_tombstone_in_lsn_order(
+    ingest_settings: IngestSettings, topics: Topics, broker: LocalBroker, online: OnlineStore
+) -> None:
+    await produce(
+        broker.bootstrap,
+        topics.changes,
+        [
+            change_event("pg_snapshot_read"),
+            change_event("pg_update"),
+            # Redelivered late, behind the update of the same row: a lower LSN.
+            change_event("pg_create_with_schema"),
+        ],
+    )
+    async with running(ingest_settings) as worker:
+        await until(lambda: _settled(ingest_settings, topics.changes, 3))
+        assert (worker.report.written, worker.report.older) == (2, 1)
+        updated = await merchant_rate(online, "m-7")
+        assert updated.value == 0.0131
+        assert (updated.change.lsn, updated.change.table, updated.channel) == (
+            24023304,
+            "merchants",
+            "cdc",
+        )
+        assert updated.event_time_ms == 1764583260045  # the source's commit time
+        assert (await merchant_rate(online, "m-9")).change.snapshot
+
+        await produce(
+            broker.bootstrap,
+            topics.changes,
+            [change_event("pg_delete_with_schema"), change_event("pg_tombstone")],
+        )
+        await until(lambda: _settled(ingest_settings, topics.changes, 5))
+        assert await merchant_rate(online, "m-7") is None
+        # An update older than the delete cannot bring the row back.
+        await produce(broker.bootstrap, topics.changes, [change_event("pg_update")])
+        await until(lambda: _settled(ingest_settings, topics.changes, 6))
+        assert await merchant_rate(online, "m-7") is None
+    assert worker.report.dead_lettered == 0
+
+
+async def test_a_truncate_is_dead_lettered_and_an_operator_can_pause_a_topic(
+    ingest_settings: IngestSettings, topics: Topics, broker: LocalBroker, online: OnlineStore
+) -> None:
+    async with running(ingest_settings) as worker:
+        await worker.controls.pause(topics.updates)
+        await until(lambda: _paused(worker, topics.updates))
+        await produce(broker.bootstrap, topics.updates, [update("c-p", 1, T0)])
+        await produce(broker.bootstrap, topics.changes, [change_event("pg_truncate")])
+        await until(lambda: _settled(ingest_settings, topics.changes, 1))
+        assert worker.report.dead_lettered == 1
+        assert await value_of(online, "c-p") is None
+        await worker.controls.resume(topics.updates)
+        await until(lambda: _has(online, "c-p"))
+    letters = await _read_all(broker.bootstrap, f"{topics.changes}.dlq", 1)
+    assert dict(letters[0].headers)["scoregate.errors.reason"] == b"unsupported_op"
+
+
+async def _paused(worker: Any, topic: str) -> bool:
+    consumer = worker._require_consumer()
+    held = _held(worker, topic)
+    return bool(held) and set(held) <= consumer.paused()
