@@ -31,6 +31,7 @@ from gateway.features.online_store import (
     to_millis,
 )
 from gateway.features.sources import SourceClient, SourceError, SourceRecord
+from gateway.ingest.metrics import SCHEMA_CHANGES
 from gateway.observability import stage
 from gateway.registry import ModelPlan, Registry, coerce
 
@@ -192,6 +193,9 @@ class FeatureAssembler:
             try:
                 value = coerce(record.body[feature.field or feature.name], feature.dtype)
             except (KeyError, TypeError) as exc:
+                # The source's answer no longer fits the feature's declared contract.
+                kind = "missing_column" if isinstance(exc, KeyError) else "column_type"
+                SCHEMA_CHANGES.labels(source=system, feature=feature.name, kind=kind).inc()
                 reason = f"{system} answered without a valid {feature.name}: {exc}"
                 current = stored.get(feature.name)
                 self._apply_policy(assembly, feature, current, entity_ids, now_ms, reason)

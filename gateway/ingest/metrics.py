@@ -50,8 +50,9 @@ DEAD_LETTERS = Counter(
 SCHEMA_CHANGES = Counter(
     "scoregate_schema_changes",
     "Schema changes seen at the boundary: a schema version not accepted, a mapped column"
-    " missing or of another type (the record is dead-lettered), or an unmapped field"
-    " (compatible; counted once per field).",
+    " missing or of another type (the record is dead-lettered), an unmapped field"
+    " (compatible; counted once per field), or a source API's answer without a valid"
+    " value of a feature (source = source:<name>; the feature's policy applies).",
     ["source", "feature", "kind"],
 )
 CONSUMER_LAG = Gauge(

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY as METRICS
 
 from gateway.breaker import BreakerOpen
 from gateway.deadline import Deadline
@@ -458,8 +459,11 @@ async def test_a_record_without_a_valid_field_applies_that_features_policy(
     del store.rows[("customer", "c-1")]["kyc_level"]
     del store.rows[("customer", "c-1")]["segment"]
     sources["profile"].answers["/customers/c-1/profile"] = body
+    changes_before = _source_schema_changes()
     assembly = await assemble(assembler, registry)
     await assembler.drain()
+    # The answer broke the source's declared contract: counted as a schema change.
+    assert _source_schema_changes() == changes_before + 1
     [name] = assembly.problems
     assert assembly.values[name].status == "default"
     assert assembly.problems[name].startswith(f"source:profile answered without a valid {name}")
@@ -555,3 +559,13 @@ async def test_a_store_outage_alone_degrades_even_when_every_source_answers(
     }
     assert assembly.problems == {}
     assert assembly.degraded
+
+
+def _source_schema_changes() -> float:
+    return sum(
+        sample.value
+        for metric in METRICS.collect()
+        if metric.name == "scoregate_schema_changes"
+        for sample in metric.samples
+        if sample.name.endswith("_total") and sample.labels.get("source") == "source:profile"
+    )
