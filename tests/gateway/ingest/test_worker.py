@@ -452,3 +452,35 @@ async def _paused(worker: Any, topic: str) -> bool:
     consumer = worker._require_consumer()
     held = _held(worker, topic)
     return bool(held) and set(held) <= consumer.paused()
+
+
+async def _cli(settings: IngestSettings, *args: str) -> tuple[int, bytes]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway.cli",
+        "ingest",
+        *args,
+        env=_env(settings),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await process.communicate()
+    return await process.wait(), out
+
+
+async def test_status_shows_the_groups_offsets_and_lag_and_pauses_through_the_cli(
+    ingest_settings: IngestSettings, topics: Topics, broker: LocalBroker, online: OnlineStore
+) -> None:
+    await produce(broker.bootstrap, topics.updates, [update("c-s", n, T0) for n in range(3)])
+    async with running(ingest_settings):
+        await until(lambda: _settled(ingest_settings, topics.updates, 3))
+    assert (await _cli(ingest_settings, "pause", topics.updates))[0] == 0
+    code, out = await _cli(ingest_settings, "status")
+    assert code == 0
+    status = json.loads(out)
+    assert status["paused"] == [topics.updates]
+    rows = [row for row in status["partitions"] if row["topic"] == topics.updates]
+    assert sum(row["end"] for row in rows) == 3
+    assert sum(row["lag"] for row in rows) == 0
+    assert (await _cli(ingest_settings, "resume", topics.updates))[0] == 0
+    assert (await _cli(ingest_settings, "pause", "no-such-topic"))[0] == 2
