@@ -70,8 +70,8 @@ class GatewaySettings(msgspec.Struct, frozen=True, kw_only=True):
             api_keys=api_keys,
             pii_key=pii_key.encode() if pii_key else None,
             metrics_public=_flag(env.get("SCOREGATE_METRICS_PUBLIC", "true")),
-            max_in_flight=_positive(env, "SCOREGATE_MAX_IN_FLIGHT", 512),
-            redis_max_connections=_positive(env, "SCOREGATE_REDIS_MAX_CONNECTIONS", 64),
+            max_in_flight=env_int(env, "SCOREGATE_MAX_IN_FLIGHT", 512),
+            redis_max_connections=env_int(env, "SCOREGATE_REDIS_MAX_CONNECTIONS", 64),
             registry_path=Path(registry),
             redis_url=env.get("SCOREGATE_REDIS_URL", "redis://127.0.0.1:6379/0"),
             redis_prefix=env.get("SCOREGATE_REDIS_PREFIX", "sg"),
@@ -80,16 +80,22 @@ class GatewaySettings(msgspec.Struct, frozen=True, kw_only=True):
         )
 
 
-def _positive(env: Mapping[str, str], name: str, default: int) -> int:
+def env_int(env: Mapping[str, str], name: str, default: int, *, allow_zero: bool = False) -> int:
+    """A positive integer setting (non-negative with ``allow_zero``); unset is ``default``.
+
+    Raises:
+        SystemExit: The variable is not such an integer; the message names it.
+    """
     raw = env.get(name)
     if raw is None:
         return default
     try:
         value = int(raw)
     except ValueError:
-        value = 0
-    if value < 1:
-        raise SystemExit(f"{name} must be a positive integer, got {raw!r}")
+        value = -1
+    if value < (0 if allow_zero else 1):
+        kind = "non-negative" if allow_zero else "positive"
+        raise SystemExit(f"{name} must be a {kind} integer, got {raw!r}")
     return value
 
 

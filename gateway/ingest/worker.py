@@ -52,6 +52,7 @@ from gateway.ingest.controls import IngestControls
 from gateway.ingest.decoding import StreamDecoder
 from gateway.ingest.records import SCHEMA_CHANGES, FeatureChange, RawRecord, RecordRejected
 from gateway.registry import Registry, load_registry
+from gateway.settings import env_int
 from writeback import ERROR_HEADER_PREFIX, KafkaPublisher, OutgoingMessage, WritebackConfig
 
 log = logging.getLogger(__name__)
@@ -101,8 +102,8 @@ class IngestSettings(msgspec.Struct, frozen=True, kw_only=True):
             redis_prefix=env.get("SCOREGATE_REDIS_PREFIX", "sg"),
             kafka=WritebackConfig.from_env(env),
             group_id=env.get("SCOREGATE_INGEST_GROUP", "scoregate-ingest"),
-            batch_size=_positive(env, "SCOREGATE_INGEST_BATCH", 2000),
-            metrics_port=_positive(env, "SCOREGATE_INGEST_METRICS_PORT", 0, allow_zero=True),
+            batch_size=env_int(env, "SCOREGATE_INGEST_BATCH", 2000),
+            metrics_port=env_int(env, "SCOREGATE_INGEST_METRICS_PORT", 0, allow_zero=True),
         )
 
 
@@ -470,16 +471,3 @@ def _raw(record: ConsumerRecord) -> RawRecord:
         headers=headers,
         timestamp_ms=record.timestamp,
     )
-
-
-def _positive(env: Mapping[str, str], name: str, default: int, *, allow_zero: bool = False) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = -1
-    if value < (0 if allow_zero else 1):
-        raise SystemExit(f"{name} must be a {'non-negative' if allow_zero else 'positive'} integer")
-    return value
