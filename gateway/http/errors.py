@@ -20,7 +20,7 @@ from litestar.utils.scope.state import ScopeState
 
 from contracts.scoring import ErrorBody
 from gateway.errors import BadRequest, GatewayError, Unavailable
-from gateway.http.field_paths import misfit
+from gateway.field_paths import misfit
 from writeback import AuditUnavailable
 
 log = logging.getLogger(__name__)

@@ -54,7 +54,7 @@ from contracts.ingest import (
 )
 from contracts.registry import DType, Stream, TableMapping
 from gateway.features.online_store import to_millis
-from gateway.http.field_paths import misfit
+from gateway.field_paths import misfit
 from gateway.ingest.records import Decoded, FeatureChange, RawRecord, RecordRejected
 from gateway.registry import CONTROL_CHARACTER, EntityIds, Registry, coerce
 

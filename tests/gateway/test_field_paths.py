@@ -8,7 +8,7 @@ import msgspec
 
 from contracts.features import PushRequest
 from contracts.scoring import ScoreRequest
-from gateway.http.field_paths import misfit
+from gateway.field_paths import misfit
 
 
 class Item(msgspec.Struct, forbid_unknown_fields=True):
