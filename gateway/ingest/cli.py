@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import start_http_server
 
@@ -118,18 +119,8 @@ async def _run(args: argparse.Namespace) -> int:
         await worker.run(stop)
     finally:
         await worker.stop()
-    print(json.dumps({"records": worker.report.records, **_counts(worker)}))
+    print(json.dumps(msgspec.structs.asdict(worker.report)))
     return 0
-
-
-def _counts(worker: IngestWorker) -> dict[str, int]:
-    report = worker.report
-    return {
-        "written": report.written,
-        "older": report.older,
-        "duplicate": report.duplicate,
-        "dead_lettered": report.dead_lettered,
-    }
 
 
 async def _status(args: argparse.Namespace) -> int:
