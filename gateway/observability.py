@@ -60,6 +60,14 @@ FALLBACKS = Counter(
     " (fetched from the source, or the policy: stale, default).",
     ["feature", "source", "outcome"],
 )
+SCHEMA_CHANGES = Counter(
+    "scoregate_schema_changes",
+    "Schema changes seen at the boundary: a schema version not accepted, a mapped column"
+    " missing or of another type (the record is dead-lettered), an unmapped field"
+    " (compatible; counted once per field), or a source API's answer without a valid"
+    " value of a feature (source = source:<name>; the feature's policy applies).",
+    ["source", "feature", "kind"],
+)
 BREAKER_STATE = Gauge(
     "scoregate_circuit_breaker_state",
     "Circuit breaker state per dependency: 0 closed, 1 half-open, 2 open.",

@@ -31,8 +31,7 @@ from gateway.features.online_store import (
     to_millis,
 )
 from gateway.features.sources import SourceClient, SourceError, SourceRecord
-from gateway.ingest.metrics import SCHEMA_CHANGES
-from gateway.observability import stage
+from gateway.observability import SCHEMA_CHANGES, stage
 from gateway.registry import ModelPlan, Registry, coerce
 
 log = logging.getLogger(__name__)

@@ -47,14 +47,6 @@ DEAD_LETTERS = Counter(
     "Records the ingest worker sent to the dead-letter topic, by reason.",
     ["source", "reason"],
 )
-SCHEMA_CHANGES = Counter(
-    "scoregate_schema_changes",
-    "Schema changes seen at the boundary: a schema version not accepted, a mapped column"
-    " missing or of another type (the record is dead-lettered), an unmapped field"
-    " (compatible; counted once per field), or a source API's answer without a valid"
-    " value of a feature (source = source:<name>; the feature's policy applies).",
-    ["source", "feature", "kind"],
-)
 CONSUMER_LAG = Gauge(
     "scoregate_ingest_consumer_lag",
     "Records of a partition not yet committed by this worker's group (end offset minus"

@@ -77,7 +77,7 @@ RejectionKind = Literal[
 """Why a record was dead-lettered. ``schema_version``, ``missing_column`` and
 ``column_type`` are schema changes at the boundary, counted as such."""
 
-SCHEMA_CHANGES: frozenset[RejectionKind] = frozenset(
+SCHEMA_CHANGE_KINDS: frozenset[RejectionKind] = frozenset(
     {"schema_version", "missing_column", "column_type"}
 )
 """The rejection kinds that are schema changes of the source."""

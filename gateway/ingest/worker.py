@@ -50,7 +50,8 @@ from gateway.features.online_store import (
 from gateway.ingest import metrics
 from gateway.ingest.controls import IngestControls
 from gateway.ingest.decoding import StreamDecoder
-from gateway.ingest.records import SCHEMA_CHANGES, FeatureChange, RawRecord, RecordRejected
+from gateway.ingest.records import SCHEMA_CHANGE_KINDS, FeatureChange, RawRecord, RecordRejected
+from gateway.observability import SCHEMA_CHANGES
 from gateway.registry import Registry, load_registry
 from gateway.settings import env_int
 from writeback import ERROR_HEADER_PREFIX, KafkaPublisher, OutgoingMessage, WritebackConfig
@@ -274,9 +275,9 @@ class IngestWorker:
         """The record as it came, plus error headers in the write-back DLQ's conventions."""
         metrics.DEAD_LETTERS.labels(source=stream.name, reason=exc.kind).inc()
         self.report.dead_lettered += 1
-        if exc.kind in SCHEMA_CHANGES:
+        if exc.kind in SCHEMA_CHANGE_KINDS:
             feature = exc.feature if exc.feature in self._registry.features else ""
-            metrics.SCHEMA_CHANGES.labels(source=stream.name, feature=feature, kind=exc.kind).inc()
+            SCHEMA_CHANGES.labels(source=stream.name, feature=feature, kind=exc.kind).inc()
             owner = self._owner(stream, feature)
             log.warning(
                 "schema change on %s (%s), owner %s: %s; the record went to %s.dlq",
@@ -318,7 +319,7 @@ class IngestWorker:
             if name in seen or len(seen) >= _EXTRA_FIELDS_REMEMBERED:
                 continue
             seen.add(name)
-            metrics.SCHEMA_CHANGES.labels(source=stream.name, feature="", kind="extra_field").inc()
+            SCHEMA_CHANGES.labels(source=stream.name, feature="", kind="extra_field").inc()
             log.info("stream %s carries an unmapped field %r: it is ignored", stream.name, name)
 
     def _observe(

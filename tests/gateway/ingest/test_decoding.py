@@ -20,7 +20,7 @@ import pytest
 
 from contracts.features import ChangePosition, StreamPosition
 from gateway.ingest.decoding import MAX_CLOCK_SKEW_MS, StreamDecoder, decode_backfill_line
-from gateway.ingest.records import SCHEMA_CHANGES, RawRecord, RecordRejected
+from gateway.ingest.records import SCHEMA_CHANGE_KINDS, RawRecord, RecordRejected
 from gateway.registry import Registry, parse_registry
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -347,7 +347,7 @@ def test_a_schema_version_the_stream_does_not_accept_is_a_schema_change(
 ) -> None:
     decode = decoder(registry, "features.customer").decode
     error = rejected(decode, update_record(with_data(lineage__schema_version=3)))
-    assert error.kind == "schema_version" and error.kind in SCHEMA_CHANGES
+    assert error.kind == "schema_version" and error.kind in SCHEMA_CHANGE_KINDS
     assert error.feature == "kyc_level"
     assert "schema version 3; the stream accepts 1, 2" in error.detail
     unversioned = rejected(decode, update_record(with_data(lineage__schema_version=...)))
@@ -673,7 +673,7 @@ def test_a_mapped_column_missing_from_the_row_is_a_schema_change(registry: Regis
     del doc["value"]["after"]["chargeback_rate"]
     error = rejected(decoder(registry, "riskdb.public.merchants").decode, cdc_record(doc))
     assert (error.kind, error.feature) == ("missing_column", "chargeback_rate_90d")
-    assert error.kind in SCHEMA_CHANGES
+    assert error.kind in SCHEMA_CHANGE_KINDS
 
 
 def _after_schema(doc: dict[str, Any]) -> list[dict[str, Any]]:
