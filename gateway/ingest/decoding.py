@@ -410,10 +410,12 @@ def _data_of(line: bytes) -> bytes | None:
 _OPS_WRITING = frozenset({"c", "u", "r"})
 _OPS = _OPS_WRITING | {"d"}
 
-# Kafka Connect schema types a column of each dtype may be declared with.
+# Kafka Connect schema types a column of each dtype may be declared with. The JSON
+# converter names FLOAT32 and FLOAT64 "float" and "double" (its JsonSchema); the Connect
+# type names themselves are taken too.
 _FITS: dict[DType, frozenset[str]] = {
     "int64": frozenset({"int8", "int16", "int32", "int64"}),
-    "float64": frozenset({"float32", "float64"}),
+    "float64": frozenset({"float", "double", "float32", "float64"}),
     "bool": frozenset({"boolean"}),
     "string": frozenset({"string"}),
 }
