@@ -146,8 +146,12 @@ async def _demo(args: argparse.Namespace) -> int:
                 f"POST /score again with request_id {body['request_id']}: decision_id"
                 f" {'unchanged' if again['decision_id'] == answer['decision_id'] else 'CHANGED'}"
             )
-            _show("POST /score (customer c-10: features fetched from their sources)", scored[1])
             auditor = stack.headers("auditor")
+            streamed = await _delivered_record(http, scored[0]["decision_id"], auditor)
+            print("\n== How c-1's features reached the online store (its audit record's lineage)")
+            for line in _channels(streamed):
+                print(line)
+            _show("POST /score (customer c-10: features fetched from their sources)", scored[1])
             record = await _delivered_record(http, scored[1]["decision_id"], auditor)
             _show(
                 f"GET /decisions/{scored[1]['decision_id']} (the audit record, as an auditor"
@@ -166,6 +170,23 @@ async def _demo(args: argparse.Namespace) -> int:
     finally:
         await stack.stop()
     return 0
+
+
+def _channels(record: Any) -> list[str]:
+    """One line per feature of a decision record: status, channel and where it came from."""
+    lines = []
+    served = record.get("features", {})
+    for name, lineage in sorted(record.get("lineage", {}).items()):
+        status = served.get(name, {}).get("status", "?")
+        channel = lineage.get("channel") or lineage.get("kind", "?")
+        where = lineage.get("source_ref", "")
+        if stream := lineage.get("stream"):
+            where = f"{stream['topic']}[{stream['partition']}]@{stream['offset']}"
+        if change := lineage.get("change"):
+            table = ".".join(p for p in (change.get("schema"), change.get("table")) if p)
+            where += f" ({change.get('connector')} {table}, lsn {change.get('lsn')})"
+        lines.append(f"  {name:<22} {status:<9} {channel:<8} {where}")
+    return lines
 
 
 async def _delivered_record(

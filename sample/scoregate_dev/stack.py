@@ -1,8 +1,19 @@
 """``scoregate dev``: the whole stack on one machine.
 
 PostgreSQL and Redis are the local servers; the broker (Tansu), the sample source
-APIs, the sample model server and the gateway run as child processes of this one
-and stop with it.
+APIs, the sample model server, the gateway and an ingest worker run as child
+processes of this one and stop with it. The sample operational system
+(:mod:`scoregate_dev.operational`) runs in this process and keeps the streamed
+customers' and the merchants' features changing on the broker, so the ingest worker
+keeps them fresh in Redis the way a deployment's streams and change feeds would.
+
+Which customers are where, out of ``c-1`` ... ``c-N``:
+
+- every tenth is in no stream and never pushed: served from its source on first use;
+- every seventh (of the others) is pushed once through ``POST /features/push`` an
+  hour old: stale for its 30-minute features, refreshed from its source;
+- the rest (:func:`streamed_customers`) come through the feature-update stream, and
+  every merchant through the merchant risk table's change events.
 """
 
 from __future__ import annotations
@@ -24,17 +35,44 @@ import aiohttp
 
 from gateway.auth import ROLES, Role, key_from_secret, new_key, parse_dev_keys
 from scoregate_dev.broker import LocalBroker, free_port, wait_for_port
+from scoregate_dev.operational import (
+    OperationalSystem,
+    create_topics,
+    load_for_streams,
+    until_ingested,
+)
 from writeback import ensure_database, migrate
 
 SAMPLE_REGISTRY = Path(__file__).with_name("sample_registry.toml")
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/scoregate"
+MERCHANTS = 20
+"""Merchants ``m-1`` ... ``m-20``: the rows of the sample merchant risk table."""
+STREAM_PARTITIONS = 4
+"""Partitions of the stream topics the dev stack creates."""
+
+
+def streamed_customers(customers: int) -> list[int]:
+    """The customers whose features the feature-update stream keeps fresh."""
+    return [i for i in range(1, customers + 1) if i % 10 != 0 and i % 7 != 0]
+
+
+def stale_customers(customers: int) -> list[int]:
+    """The customers the stack pushes once, an hour old (every seventh, not tenth)."""
+    return [i for i in range(1, customers + 1) if i % 7 == 0 and i % 10 != 0]
 
 
 class DevStack:
     """Starts and stops the local stack; ``url`` is the gateway's base URL once up.
 
-    ``workers`` is passed to ``scoregate serve --workers``; ``gateway_cpus`` (a CPU list
-    as ``taskset -c`` takes it, e.g. ``"0"``) pins the gateway and its workers there.
+    Args:
+        port: the gateway's port.
+        customers: customers ``c-1`` ... ``c-N`` in the sample.
+        workers: passed to ``scoregate serve --workers``.
+        gateway_cpus: a CPU list as ``taskset -c`` takes it (e.g. ``"0"``): the gateway
+            and its workers run there.
+        stream_rate: steps a second of the operational system after its snapshot;
+            by default enough to update each streamed customer every ten seconds or
+            so (at least 20).
     """
 
     def __init__(
@@ -43,18 +81,22 @@ class DevStack:
         customers: int = 200,
         workers: int = 1,
         gateway_cpus: str | None = None,
+        stream_rate: float | None = None,
     ) -> None:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.customers = customers
         self.workers = workers
         self.gateway_cpus = gateway_cpus
+        self.stream_rate = stream_rate if stream_rate is not None else max(20.0, customers / 10)
         self.pids: dict[str, int] = {}
-        """Process id of each child by name: ``sources``, ``model``, ``gateway``."""
+        """Process id of each child by name: ``sources``, ``model``, ``gateway``, ``ingest``."""
         self.env: dict[str, str] = {}
         self.keys: dict[Role, str] = {}
         self.sources_url = ""
         self.model_url = ""
+        self.operational: OperationalSystem | None = None
+        """The sample operational system, once started (None if the registry has no streams)."""
         self._broker: LocalBroker | None = None
         self._children: list[asyncio.subprocess.Process] = []
         self._workdir = Path(tempfile.mkdtemp(prefix="scoregate-dev-"))
@@ -90,6 +132,10 @@ class DevStack:
         await wait_for_port("127.0.0.1", model_port)
         self.keys = self._keys(env)
         self.env = env
+        streams = load_for_streams(Path(env["SCOREGATE_REGISTRY"]))
+        if streams.file.streams:
+            env.setdefault("SCOREGATE_INGEST_METRICS_PORT", str(free_port()))
+            await self._spawn("ingest", "gateway.cli", "ingest", env=env)
         prefix = ["taskset", "-c", self.gateway_cpus] if self.gateway_cpus else []
         await self._spawn(
             "gateway",
@@ -102,7 +148,40 @@ class DevStack:
             env=env,
             prefix=prefix,
         )
+        if streams.file.streams:
+            bootstrap = env["SCOREGATE_KAFKA_BOOTSTRAP"]
+            system = OperationalSystem(
+                bootstrap,
+                streams,
+                [f"c-{i}" for i in streamed_customers(self.customers)],
+                [f"m-{m}" for m in range(1, MERCHANTS + 1)],
+                self.stream_rate,
+            )
+            await create_topics(bootstrap, system.events.topics, STREAM_PARTITIONS)
+            await system.start()
+            self.operational = system
         await self._wait_ready(limit_s=20)
+        if self.operational is not None:
+            await self._wait_ingested(self.operational, limit_s=60)
+
+    async def _wait_ingested(self, system: OperationalSystem, limit_s: float) -> None:
+        """Wait until the ingest worker has written the operational system's snapshot."""
+        group = self.env.get("SCOREGATE_INGEST_GROUP", "scoregate-ingest")
+        try:
+            await until_ingested(
+                self.env["SCOREGATE_KAFKA_BOOTSTRAP"], group, system.positions, limit_s
+            )
+        except TimeoutError:
+            raise RuntimeError(
+                f"the ingest worker did not take the streams' snapshot within {limit_s:g} s;"
+                f" logs in {self._workdir}"
+            ) from None
+
+    @property
+    def ingest_metrics_url(self) -> str | None:
+        """Where the ingest worker serves its metrics, once it runs."""
+        port = self.env.get("SCOREGATE_INGEST_METRICS_PORT")
+        return f"http://127.0.0.1:{port}/metrics" if port and "ingest" in self.pids else None
 
     @staticmethod
     def _keys(env: dict[str, str]) -> dict[Role, str]:
@@ -160,17 +239,16 @@ class DevStack:
         raise RuntimeError(f"the gateway did not become ready ({last}); logs in {self._workdir}")
 
     async def seed(self) -> int:
-        """Push sample features: most customers fresh, some stale, some missing."""
+        """Push the stale customers' features an hour old through ``POST /features/push``.
+
+        The streamed customers and the merchants are the ingest worker's; every tenth
+        customer is left out, to be served from its source on first use.
+        """
         rng = random.Random(7)  # noqa: S311 - sample data, not security
-        now = datetime.now(UTC)
+        an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
         pushed = 0
         async with aiohttp.ClientSession() as session:
-            for i in range(1, self.customers + 1):
-                # Every tenth customer is left out (served from the source on first
-                # use); every seventh is an hour old (stale for 30-minute features).
-                if i % 10 == 0:
-                    continue
-                age = timedelta(hours=1) if i % 7 == 0 else timedelta(seconds=rng.uniform(1, 20))
+            for i in stale_customers(self.customers):
                 features = {
                     "txn_count_30m": rng.randint(0, 6),
                     "txn_amount_sum_24h": round(rng.lognormvariate(4, 1), 2),
@@ -180,12 +258,7 @@ class DevStack:
                     "country_risk": round(rng.betavariate(2, 8), 3),
                 }
                 pushed += await self._push(
-                    session, {"customer_id": f"c-{i}"}, features, now - age, f"cdc:{i}"
-                )
-            for m in range(1, 21):
-                features_m = {"chargeback_rate_90d": round(rng.uniform(0, 0.05), 4)}
-                pushed += await self._push(
-                    session, {"merchant_id": f"m-{m}"}, features_m, now, f"batch:m{m}"
+                    session, {"customer_id": f"c-{i}"}, features, an_hour_ago, f"batch:{i}"
                 )
         return pushed
 
@@ -215,7 +288,10 @@ class DevStack:
         return 1
 
     async def stop(self) -> None:
-        """Stop every child process and the broker."""
+        """Stop the operational system, every child process and the broker."""
+        if self.operational is not None:
+            await self.operational.stop()
+            self.operational = None
         for child in reversed(self._children):
             if child.returncode is None:
                 child.terminate()
