@@ -21,10 +21,11 @@ other, or measures a running stack (``--url``). Then, in the same run:
    more, a saturated gateway trips its own Redis breaker and measures its fallback
    path). The PostgreSQL backends serving the run's database are moved to the other
    cores too; the machine's PostgreSQL and Redis servers themselves are left alone.
-3. **Own overhead.** At a moderate rate, on customers whose features the feed keeps
-   fresh (``feed.py``), ``/score``'s p50 minus the p50s of its dependencies' own round
-   trips measured from this host: a Redis read of the same fields, a model call with
-   the same body, a PostgreSQL commit of a decision-sized row (``probes.py``).
+3. **Own overhead.** At a moderate rate, on customers whose features the dev stack's
+   ingest worker keeps fresh from its sample streams, ``/score``'s p50 minus the p50s of
+   its dependencies' own round trips measured from this host: a Redis read of the same
+   fields, a model call with the same body, a PostgreSQL commit of a decision-sized row
+   (``probes.py``).
 4. **Integrity.** Audit rows = 200 answers, ``decision.made`` events on the topic =
    committed decisions, no duplicate ``ce_id`` (``integrity.py``).
 5. **Scaling.** The stack again with ``scoregate serve --workers 2`` and nothing
@@ -69,7 +70,6 @@ import redis.asyncio as aioredis
 import uvloop
 from chart import Series, page
 from cpu_meter import CpuMeter, Reading, allowed_cpus, listening_pid, pids_serving, pin
-from feed import FeatureFeed
 from integrity import audit_counts, committed_decisions, topic_counts, wait_delivered
 from open_loop import PhaseResult, run_calls, run_phase
 from probes import AuditCommit, ModelCall, ModelShape, RedisRead
@@ -678,8 +678,6 @@ async def measure_stack(
     if echo is not None:
         echo_traffic = ScoreTraffic(f"echo-{run}-", settings.customers, collect=False)
         baseline = Target("echo", echo[0], "echo", {}, echo_traffic)
-    feed = FeatureFeed(stack.redis_url, stack.redis_prefix, fresh_customers(settings.customers))
-    await feed.start()
     try:
         print(f"warm-up {settings.warmup_s:g} s", flush=True)
         await bench.rate(score, settings.moderate_rate, settings.warmup_s)
@@ -690,7 +688,6 @@ async def measure_stack(
         if baseline is not None:
             results["overhead"] = await overhead(bench, score, stack, settings)
     finally:
-        await feed.stop()
         results["integrity"] = await integrity(stack, traffic, settings)
         print("integrity: " + json.dumps(results["integrity"]), flush=True)
 
@@ -791,7 +788,11 @@ async def run_dev_stack(
         seeded = await stack.seed()
         print(f"seeded {seeded} entities; logs in {stack.logs}", flush=True)
         broker = stack.env["SCOREGATE_KAFKA_BOOTSTRAP"].rsplit(":", 1)[1]
-        others = {"sources": stack.pids.get("sources"), "broker": listening_pid(int(broker))}
+        others = {
+            "sources": stack.pids.get("sources"),
+            "ingest": stack.pids.get("ingest"),
+            "broker": listening_pid(int(broker)),
+        }
         info = await stack_info(
             session, stack.url, stack.keys["scorer"], stack.env, stack.gateway_pid, others
         )

@@ -5,15 +5,18 @@ registry of ``scoregate dev`` (model ``fraud``, customer and merchant entities):
 amounts are lognormal around 33 (a long tail of large ones), four in ten are
 card-present, customers are spread over the seeded range and merchants over 20.
 
-The dev stack's seeding leaves every tenth customer out of the online store (served
-from its source on first use) and pushes every seventh an hour old (stale, refreshed
-from its source); ``fresh_customers`` are the others.
+The dev stack leaves every tenth customer out of the online store (served from its
+source on first use) and pushes every seventh an hour old (stale, refreshed from its
+source); its ingest worker keeps the others fresh from the sample streams
+(``fresh_customers``, the stack's own ``streamed_customers``).
 """
 
 from __future__ import annotations
 
 import random
 from typing import Any
+
+from scoregate_dev.stack import streamed_customers
 
 MODEL = "fraud"
 MERCHANTS = 20
@@ -38,5 +41,5 @@ def score_body(rng: random.Random, customers: int, request_id: str | None) -> di
 
 
 def fresh_customers(customers: int) -> list[int]:
-    """Customers the dev stack's seeding pushes with recent event times."""
-    return [i for i in range(1, customers + 1) if i % 10 != 0 and i % 7 != 0]
+    """Customers the dev stack's streams keep fresh."""
+    return streamed_customers(customers)

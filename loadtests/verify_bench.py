@@ -7,7 +7,7 @@ the gateway's sealer seal them all, so a verify has the whole chain to walk. Lat
 runs reuse the seeded database.
 
 Then, in rounds, ``/score`` runs open loop at a moderate rate (``--rate``, 100/s) on
-customers whose features the feed keeps fresh, once with nothing else going on and
+customers whose features the dev stack's streams keep fresh, once with nothing else going on and
 once while an auditor's ``GET /audit/verify`` walks the whole chain. Each round's
 percentiles are its own; the figures are the medians over rounds (the machine is
 shared, so a stall spoils one round, not the result), and the ratio of the two p99s
@@ -38,7 +38,6 @@ import aiohttp
 import asyncpg
 from benchmark import RESULTS, ScoreTraffic, drop_keys
 from cpu_meter import TICKS_PER_S, allowed_cpus, pids_serving, pin, process_ticks
-from feed import FeatureFeed
 from open_loop import run_phase
 from traffic import fresh_customers
 
@@ -337,18 +336,11 @@ async def main() -> None:
         await stack.start()
         report["gateway_cpus"] = allowed_cpus(stack.gateway_pid) if stack.gateway_pid else None
         await stack.seed()
-        feed = FeatureFeed(
-            stack.env["SCOREGATE_REDIS_URL"], prefix, fresh_customers(settings.customers)
-        )
-        await feed.start()
-        try:
-            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1024)) as session:
-                report["chain"] = await seed(stack, session, settings.rows)
-                print(f"chain: {report['chain']}", flush=True)
-                report["settings"] = settings.__dict__
-                report["results"] = await measure(stack, session, settings, others)
-        finally:
-            await feed.stop()
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1024)) as session:
+            report["chain"] = await seed(stack, session, settings.rows)
+            print(f"chain: {report['chain']}", flush=True)
+            report["settings"] = settings.__dict__
+            report["results"] = await measure(stack, session, settings, others)
     finally:
         await stack.stop()
         os.sched_setaffinity(0, everything)
