@@ -76,6 +76,11 @@ class IngestSettings(msgspec.Struct, frozen=True, kw_only=True):
         group_id: the consumer group the workers share (``SCOREGATE_INGEST_GROUP``).
         batch_size: records taken per batch at most (``SCOREGATE_INGEST_BATCH``).
         poll_timeout_ms: how long a poll waits for records when none are there.
+        fetch_wait_ms: how long the broker may hold a fetch that finds no new records
+            (``SCOREGATE_INGEST_FETCH_WAIT_MS``). Apache Kafka answers a held fetch as
+            soon as records arrive, so there it only bounds idle fetching; a broker that
+            holds the fetch for the whole wait (Tansu) adds up to this much to the
+            freshness of every value.
         redis_max_connections: connections to Redis at most.
         metrics_port: where ``/metrics`` is served (``SCOREGATE_INGEST_METRICS_PORT``;
             0 serves none).
@@ -88,6 +93,7 @@ class IngestSettings(msgspec.Struct, frozen=True, kw_only=True):
     group_id: str = "scoregate-ingest"
     batch_size: int = 2000
     poll_timeout_ms: int = 200
+    fetch_wait_ms: int = 20
     redis_max_connections: int = 8
     metrics_port: int = 0
 
@@ -104,6 +110,7 @@ class IngestSettings(msgspec.Struct, frozen=True, kw_only=True):
             kafka=WritebackConfig.from_env(env),
             group_id=env.get("SCOREGATE_INGEST_GROUP", "scoregate-ingest"),
             batch_size=env_int(env, "SCOREGATE_INGEST_BATCH", 2000),
+            fetch_wait_ms=env_int(env, "SCOREGATE_INGEST_FETCH_WAIT_MS", 20),
             metrics_port=env_int(env, "SCOREGATE_INGEST_METRICS_PORT", 0, allow_zero=True),
         )
 
@@ -191,6 +198,7 @@ class IngestWorker:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=self._settings.batch_size,
+            fetch_max_wait_ms=self._settings.fetch_wait_ms,
             client_id="scoregate-ingest",
         )
         await consumer.start()
