@@ -31,6 +31,7 @@ from gateway.features.online_store import OnlineStore
 from gateway.features.push import FeaturePusher
 from gateway.features.sources import SourceClient
 from gateway.health import HealthChecks
+from gateway.loop_lag import LoopLagMonitor
 from gateway.masking import PiiMasker
 from gateway.model_client import ModelClient
 from gateway.registry import Registry, load_registry
@@ -83,6 +84,7 @@ class GatewayPlugin(InitPluginProtocol):
         self._replayer: Replayer | None = None
         self._health: HealthChecks | None = None
         self._sealer: DecisionSealer | None = None
+        self._loop_lag = LoopLagMonitor()
         self._retention: Retention | None = None
         self._relay: OutboxRelay | None = None
 
@@ -196,12 +198,14 @@ class GatewayPlugin(InitPluginProtocol):
         )
         self._sealer = DecisionSealer(pool)
         await self._sealer.start()
+        await self._loop_lag.start()
         if self.settings.run_relay:
             self._relay = OutboxRelay(pool, self.publisher, config)
             await self._relay.start()
 
     async def stop(self) -> None:
         """Stop the background jobs and close connections; queued commits are flushed."""
+        await self._loop_lag.stop()
         if self._sealer is not None:
             await self._sealer.stop()
         if self._retention is not None:
