@@ -6,6 +6,16 @@ unique key lets the first commit win. Each key is kept with the fingerprint of t
 request it was used for, and a request that reuses the key for anything else (another
 model, other entities, another context) gets a 409 naming what differs.
 
+A new key costs no query of its own: it is not looked up before scoring. The commit
+claims the key in the same statement that writes the decision; if the key was claimed
+before, nothing is written (no second record, no second event) and the decision
+committed under it is the answer, or a 409 if it was made for another request. A
+retry that reaches the process that answered first is answered from its
+:class:`RecentAnswers`, without scoring again. One that reaches another process (or
+comes after the answer aged out) is scored again and answered with the committed
+decision; if that scoring fails (a model down), the decision is looked up and the
+retry still gets it.
+
 Every caller string that reaches PostgreSQL is checked before any work is done for
 the request: a ``request_id`` with a control character, or a context string with a
 NUL (which PostgreSQL's text and its JSON functions cannot hold), is a 400 naming the
@@ -17,7 +27,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -127,6 +138,77 @@ class _Flight:
     task: asyncio.Task[ScoreResponse]
 
 
+@dataclass(frozen=True, slots=True)
+class _Answered:
+    """A committed answer under one (caller, request_id), and what it was asked for."""
+
+    asked: Asked
+    fingerprint: bytes
+    response: ScoreResponse
+    at: float
+
+
+def _same_request(
+    request_id: str, earlier: _Flight | _Answered, asked: Asked, fingerprint: bytes
+) -> None:
+    """Raise the 409 if ``asked`` (of ``fingerprint``) is not what ``earlier`` asked for."""
+    if earlier.fingerprint != fingerprint:
+        refused = conflict(request_id, earlier.asked, asked)
+        if refused is not None:
+            raise refused
+
+
+class RecentAnswers:
+    """The answers this process committed lately, by (caller, request_id).
+
+    A retry that reaches the process that answered first is answered from here: no
+    query and no model call. Bounded in count (the least recently used go first) and
+    in age, so memory stays flat and no answer outlives its record by the audit
+    store's retention, which is days, not minutes.
+
+    Args:
+        capacity: How many answers are kept; 0 keeps none.
+        ttl_s: How long an answer is kept after it was committed.
+        clock: Monotonic seconds.
+    """
+
+    def __init__(
+        self,
+        capacity: int = 4096,
+        ttl_s: float = 600.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.capacity = capacity
+        self.ttl_s = ttl_s
+        self._clock = clock
+        self._answers: OrderedDict[tuple[str, str], _Answered] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._answers)
+
+    def get(self, key: tuple[str, str]) -> _Answered | None:
+        """The answer kept under ``(caller, request_id)``, unless it aged out."""
+        answered = self._answers.get(key)
+        if answered is None:
+            return None
+        if self._clock() - answered.at >= self.ttl_s:
+            del self._answers[key]
+            return None
+        self._answers.move_to_end(key)
+        return answered
+
+    def put(
+        self, key: tuple[str, str], asked: Asked, fingerprint: bytes, response: ScoreResponse
+    ) -> None:
+        """Keep the committed answer to ``asked`` under ``(caller, request_id)``."""
+        if self.capacity <= 0:
+            return
+        self._answers[key] = _Answered(asked, fingerprint, response, self._clock())
+        self._answers.move_to_end(key)
+        while len(self._answers) > self.capacity:
+            self._answers.popitem(last=False)
+
+
 def decide(
     policy: DecisionPolicy | None, outputs: Mapping[str, Any]
 ) -> tuple[str | None, str | None]:
@@ -181,7 +263,18 @@ def response_of(record: DecisionRecord) -> ScoreResponse:
 
 
 class Scorer:
-    """Turns a score request into a committed decision."""
+    """Turns a score request into a committed decision.
+
+    Args:
+        registry: The models, entities and features.
+        assembler: Gathers each request's features.
+        models: The model clients by model name.
+        audit: Where decisions are committed.
+        recent: The answers kept for retries (default: 4096 for ten minutes).
+
+    Attributes:
+        recent: The answers kept for retries to this process.
+    """
 
     def __init__(
         self,
@@ -189,12 +282,14 @@ class Scorer:
         assembler: FeatureAssembler,
         models: Mapping[str, ModelClient],
         audit: AuditStore,
+        recent: RecentAnswers | None = None,
     ) -> None:
         self._registry = registry
         self._assembler = assembler
         self._models = models
         self._audit = audit
         self._flights: dict[tuple[str, str], _Flight] = {}
+        self.recent = RecentAnswers() if recent is None else recent
 
     def _plan(self, request: ScoreRequest) -> ModelPlan:
         plan = self._registry.plans.get(request.model)
@@ -274,22 +369,25 @@ class Scorer:
             started=started,
         )
         if request.request_id is None:
-            return await self._decide(checked, caller, None, timeout_ms)
+            record, event = await self._make(checked, caller, timeout_ms)
+            return await self._commit(checked, record, event, None)
         asked = checked.asked
         fingerprint = asked.fingerprint()
         key = (caller, request.request_id)
         flight = self._flights.get(key)
         if flight is None:
+            answered = self.recent.get(key)
+            if answered is not None:
+                _same_request(request.request_id, answered, asked, fingerprint)
+                return answered.response
             task = asyncio.create_task(
                 self._once(checked, caller, request.request_id, fingerprint, timeout_ms)
             )
             flight = _Flight(asked=asked, fingerprint=fingerprint, task=task)
             self._flights[key] = flight
             task.add_done_callback(partial(self._landed, key, flight))
-        elif flight.fingerprint != fingerprint:
-            refused = conflict(request.request_id, flight.asked, asked)
-            if refused is not None:
-                raise refused
+        else:
+            _same_request(request.request_id, flight, asked, fingerprint)
         # Shielded: one duplicate giving up must not cancel the scoring the others await.
         return await asyncio.shield(flight.task)
 
@@ -307,16 +405,37 @@ class Scorer:
         fingerprint: bytes,
         timeout_ms: int | None,
     ) -> ScoreResponse:
-        """Score a request with an id, unless the caller's decision under it exists."""
+        """Score a request with an id; its commit tells whether the id was answered before.
+
+        No lookup comes first: a new id costs only its commit, and the commit of an id
+        committed before writes nothing and answers with that decision (or a 409).
+        Only when features or the model fail is the id looked up, so that a retry
+        whose first attempt was committed gets that answer rather than the error.
+        """
+        try:
+            record, event = await self._make(checked, caller, timeout_ms)
+        except GatewayError:
+            earlier = await self._on_record(checked, caller, request_id, fingerprint)
+            if earlier is None:
+                raise
+            response = earlier
+        else:
+            response = await self._commit(checked, record, event, fingerprint)
+        # Kept before the flight lands, so a duplicate finds the flight or the answer.
+        self.recent.put((caller, request_id), checked.asked, fingerprint, response)
+        return response
+
+    async def _on_record(
+        self, checked: _Checked, caller: str, request_id: str, fingerprint: bytes
+    ) -> ScoreResponse | None:
+        """The answer committed under the request's id, or None (also if none can be read)."""
         try:
             earlier = await self._audit.find_by_request(caller, request_id, fingerprint)
         except RequestMismatch as exc:
             return self._earlier(exc.existing, checked)
-        except AuditUnavailable as exc:
-            raise Unavailable("the audit store is unavailable", field="audit") from exc
-        if earlier is not None:
-            return response_of(earlier)
-        return await self._decide(checked, caller, fingerprint, timeout_ms)
+        except AuditUnavailable:
+            return None
+        return None if earlier is None else response_of(earlier)
 
     @staticmethod
     def _earlier(existing: DecisionRecord, checked: _Checked) -> ScoreResponse:
@@ -328,14 +447,10 @@ class Scorer:
         # another way): it is the same request.
         return response_of(existing)
 
-    async def _decide(
-        self,
-        checked: _Checked,
-        caller: str,
-        fingerprint: bytes | None,
-        timeout_ms: int | None,
-    ) -> ScoreResponse:
-        """Assemble, call the model, commit and answer."""
+    async def _make(
+        self, checked: _Checked, caller: str, timeout_ms: int | None
+    ) -> tuple[DecisionRecord, DecisionMade]:
+        """Assemble the features, call the model, and make the record and its event."""
         request, plan, entity_ids = checked.request, checked.plan, checked.entity_ids
         context, received_at, started = checked.context, checked.received_at, checked.started
         model = plan.model
@@ -400,14 +515,25 @@ class Scorer:
             features={name: assembly.values[name].value for name in plan.published},
             decided_at=decided_at,
         )
+        return record, event
+
+    async def _commit(
+        self,
+        checked: _Checked,
+        record: DecisionRecord,
+        event: DecisionMade,
+        fingerprint: bytes | None,
+    ) -> ScoreResponse:
+        """Commit the decision and answer with it, or with the one committed before it."""
         try:
             with stage("audit commit"):
-                committed = await self._audit.commit(record, event, subject.id, fingerprint)
+                committed = await self._audit.commit(record, event, record.subject.id, fingerprint)
         except RequestMismatch as exc:
-            # Another process committed the id first, for a different request.
+            # The id was committed before, for a different request (by another
+            # process, or longer ago than this one keeps its answers).
             return self._earlier(exc.existing, checked)
         except RecordRefused as exc:
-            raise refusal(exc, subject.key) from exc
+            raise refusal(exc, record.subject.key) from exc
         except AuditUnavailable as exc:
             raise Unavailable(
                 "the audit store is unavailable; no decision is given that cannot be audited",

@@ -5,6 +5,16 @@ queue, and while one transaction is in flight the next callers queue up and go
 together in the next one. Each batch is a single statement, so it is one
 transaction and one round trip however many decisions it carries.
 
+The commit is also the idempotency check, so a new ``(caller, request_id)`` costs no
+query before it: the statement claims each key (``ON CONFLICT DO NOTHING``) and writes
+the record and its event only for the keys it claimed. A key claimed before, in an
+earlier transaction, another process's concurrent one or earlier in the same batch,
+writes nothing, fails none of its neighbours, and its caller gets the committed record
+back from one more query (or :class:`RequestMismatch`). That query is not folded into
+the statement: a row another transaction committed while the statement waited on its
+key is outside the statement's snapshot, and ``DO UPDATE`` would return it only by
+writing a new version of it on every retry.
+
 A batch PostgreSQL refuses for one record's data (a NUL in a text column) is halved
 until the record stands alone: its neighbours commit, it alone fails with
 :class:`RecordRefused`. A record whose JSON holds a NUL is refused before it is

@@ -1,5 +1,6 @@
-"""``request_id`` as an idempotency key: concurrent duplicates share one scoring, and a
-key reused for a different request is a 409 naming what differs.
+"""``request_id`` as an idempotency key: concurrent duplicates share one scoring, a key
+reused for a different request is a 409 naming what differs, and a new key costs no
+query before its commit.
 
 Model calls are counted by the sample model server itself (rows scored). Where a test
 needs requests to overlap, the feature assembly waits until they all have arrived,
@@ -18,6 +19,8 @@ import asyncpg
 import httpx
 import pytest
 
+import writeback.pool
+from contracts.events import DECISION_MADE
 from gateway.app import create_app
 from gateway.features.assembler import FeatureAssembler
 from gateway.scoring import Scorer
@@ -26,6 +29,7 @@ from tests.support.gateway import serve
 from tests.support.keys import bearer
 from tests.support.sample import SampleServers
 from tests.support.scoring import body, seed
+from writeback.audit_store import _COMMIT_BATCH, _FIND_BY_REQUEST
 
 pytestmark = pytest.mark.services
 
@@ -191,7 +195,7 @@ async def test_across_processes_the_commit_refuses_a_different_body(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     await seed(client, "c-xp", "m-xp", timedelta(seconds=1))
-    # Both gateways pass their lookup before either commits: the unique key decides.
+    # Both gateways score before either commits: the unique key decides.
     gate = Gate(expected=2)
     hold(monkeypatch, gate, count="assemble")
     first = body("c-xp", "m-xp", request_id="xp-1")
@@ -218,3 +222,101 @@ async def test_across_processes_the_commit_refuses_a_different_body(
     assert [a.status_code for a in answers] == [200, 200]
     assert answers[0].json()["decision_id"] == answers[1].json()["decision_id"]
     assert await pg.fetchval("SELECT count(*) FROM decisions") == 2
+
+
+@pytest.fixture
+def statements(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every statement sent on the connections of pools opened from here on."""
+    sent: list[str] = []
+    init = writeback.pool.register_jsonb_codec
+
+    async def logging_init(conn: asyncpg.Connection) -> None:
+        await init(conn)
+        conn.add_query_logger(lambda logged: sent.append(logged.query))
+
+    monkeypatch.setattr(writeback.pool, "register_jsonb_codec", logging_init)
+    return sent
+
+
+async def outbox_rows(pg: asyncpg.Connection) -> list[tuple[str, str]]:
+    rows = await pg.fetch("SELECT decision_id::text, event_type FROM outbox ORDER BY seq")
+    return [(row["decision_id"], row["event_type"]) for row in rows]
+
+
+async def test_a_new_request_id_costs_no_query_before_its_commit(
+    statements: list[str], settings: GatewaySettings, servers: SampleServers, pg: asyncpg.Connection
+) -> None:
+    async with serve(create_app(settings)) as first, serve(create_app(settings)) as second:
+        await seed(first, "c-nq", "m-nq", timedelta(seconds=1))
+        statements.clear()
+        made = []
+        for n in range(3):
+            answer = await first.post("/score", json=body("c-nq", "m-nq", request_id=f"nq-{n}"))
+            assert answer.status_code == 200, answer.text
+            made.append(answer.json())
+
+        assert statements.count(_COMMIT_BATCH) == 3
+        assert _FIND_BY_REQUEST not in statements
+
+        # A retry through the other gateway is scored again; its commit finds the key
+        # taken, writes nothing, and reads the first decision: the one lookup here.
+        retry = await second.post("/score", json=body("c-nq", "m-nq", request_id="nq-0"))
+        assert retry.json() == made[0]
+        assert statements.count(_FIND_BY_REQUEST) == 1
+        # A retry through the gateway that answered is answered from memory.
+        again = await first.post("/score", json=body("c-nq", "m-nq", request_id="nq-1"))
+        assert again.json() == made[1]
+        assert statements.count(_COMMIT_BATCH) == 4
+        assert statements.count(_FIND_BY_REQUEST) == 1
+
+    assert await model_rows(servers) == 4
+    ids = [answer["decision_id"] for answer in made]
+    decisions = await pg.fetch("SELECT decision_id::text FROM decisions ORDER BY decided_at")
+    assert [row["decision_id"] for row in decisions] == ids
+    assert await outbox_rows(pg) == [(decision_id, DECISION_MADE) for decision_id in ids]
+
+
+async def test_a_retry_through_another_gateway_gets_the_committed_decision(
+    client: Client, second_gateway: Client, servers: SampleServers, pg: asyncpg.Connection
+) -> None:
+    await seed(client, "c-rg", "m-rg", timedelta(seconds=1))
+    request = body("c-rg", "m-rg", request_id="rg-1")
+    first = await client.post("/score", json=request, headers=bearer("scorer"))
+    assert first.status_code == 200, first.text
+
+    retry = await second_gateway.post("/score", json=request, headers=bearer("scorer"))
+    assert retry.json() == first.json()
+    changed = {**request, "context": {"amount": 5.0, "card_present": False}}
+    for gateway in (second_gateway, client):
+        refused = await gateway.post("/score", json=changed, headers=bearer("scorer"))
+        assert refused.status_code == 409, refused.text
+        assert refused.json()["field"] == "context.amount"
+        assert refused.json()["extra"] == {"request_id": "rg-1", "differs": ["context.amount"]}
+
+    assert await pg.fetchval("SELECT count(*) FROM decisions") == 1
+    assert await outbox_rows(pg) == [(first.json()["decision_id"], DECISION_MADE)]
+
+
+async def test_a_retry_while_the_model_is_down_gets_the_committed_decision(
+    client: Client, second_gateway: Client, servers: SampleServers, pg: asyncpg.Connection
+) -> None:
+    await seed(client, "c-md", "m-md", timedelta(seconds=1))
+    request = body("c-md", "m-md", request_id="md-1")
+    first = await client.post("/score", json=request)
+    assert first.status_code == 200, first.text
+    await servers.fault_model("error")
+
+    retry = await second_gateway.post("/score", json=request)
+    assert retry.status_code == 200, retry.text
+    assert retry.json() == first.json()
+    changed = {**request, "context": {"amount": 5.0, "card_present": False}}
+    refused = await second_gateway.post("/score", json=changed)
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["field"] == "context.amount"
+    # An id never committed gets the model's failure.
+    new = await second_gateway.post("/score", json=body("c-md", "m-md", request_id="md-2"))
+    assert new.status_code == 503, new.text
+    assert new.json()["field"] == "model"
+
+    assert await pg.fetchval("SELECT count(*) FROM decisions") == 1
+    assert await outbox_rows(pg) == [(first.json()["decision_id"], DECISION_MADE)]

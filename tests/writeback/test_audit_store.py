@@ -181,6 +181,42 @@ async def test_request_id_reused_in_one_batch_is_refused_for_the_other_request(
     assert await pool.fetchval("SELECT count(*) FROM decisions") == 1
 
 
+async def test_a_taken_request_id_in_a_batch_fails_none_of_its_neighbours(
+    store: AuditStore, pool: asyncpg.Pool
+) -> None:
+    first = make_record(request_id="req-taken")
+    original = await store.commit(first, make_event(first), "c-1", FINGERPRINT_A)
+    same = make_record(request_id="req-taken", decision="review")
+    other = make_record(request_id="req-taken", decision="decline")
+    fresh = [make_record(request_id=f"req-new-{n}") for n in range(4)]
+    batch = [(fresh[0], FINGERPRINT_A), (same, FINGERPRINT_A), (fresh[1], FINGERPRINT_A)]
+    batch += [(other, FINGERPRINT_B), (fresh[2], FINGERPRINT_B), (fresh[3], FINGERPRINT_A)]
+    before = store.transactions
+
+    outcomes = await asyncio.gather(
+        *(store.commit(record, make_event(record), "c-1", print_) for record, print_ in batch),
+        return_exceptions=True,
+    )
+
+    assert store.transactions == before + 1
+    answered = dict(zip([record.decision_id for record, _ in batch], outcomes, strict=True))
+    for record in fresh:
+        outcome = answered[record.decision_id]
+        assert isinstance(outcome, DecisionRecord)
+        assert outcome.decision_id == record.decision_id
+    repeated = answered[same.decision_id]
+    assert isinstance(repeated, DecisionRecord)
+    assert (repeated.decision_id, repeated.writeback) == (first.decision_id, original.writeback)
+    refused = answered[other.decision_id]
+    assert isinstance(refused, RequestMismatch)
+    assert refused.existing.decision_id == first.decision_id
+    stored = await pool.fetch("SELECT decision_id::text FROM decisions")
+    expected = {first.decision_id, *(record.decision_id for record in fresh)}
+    assert {row["decision_id"] for row in stored} == expected
+    events = await pool.fetch("SELECT decision_id::text FROM outbox")
+    assert sorted(row["decision_id"] for row in events) == sorted(expected)
+
+
 async def test_request_without_a_stored_fingerprint_answers_with_the_first(
     store: AuditStore,
 ) -> None:

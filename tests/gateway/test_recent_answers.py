@@ -1,0 +1,77 @@
+"""The answers a gateway keeps for retries: bounded in count and in age."""
+
+from __future__ import annotations
+
+from contracts.scoring import ModelRef, ScoreResponse
+from gateway.scoring import Asked, RecentAnswers
+from tests.support.clock import ManualClock
+
+
+def answer(request_id: str) -> ScoreResponse:
+    return ScoreResponse(
+        decision_id=f"d-{request_id}",
+        request_id=request_id,
+        model=ModelRef(name="fraud", version="1"),
+        outputs={"score": [0.1]},
+        decision="approve",
+        degraded=False,
+        features={},
+    )
+
+
+ASKED = Asked("fraud", {"customer_id": "c-1"}, {"amount": 1.0})
+
+
+def keep(recent: RecentAnswers, request_id: str, caller: str = "scorer") -> None:
+    recent.put((caller, request_id), ASKED, ASKED.fingerprint(), answer(request_id))
+
+
+def test_an_answer_comes_back_under_its_caller_and_request_id() -> None:
+    recent = RecentAnswers()
+    keep(recent, "r-1")
+
+    found = recent.get(("scorer", "r-1"))
+
+    assert found is not None
+    assert (found.response, found.asked, found.fingerprint) == (
+        answer("r-1"),
+        ASKED,
+        ASKED.fingerprint(),
+    )
+    assert recent.get(("other", "r-1")) is None
+    assert recent.get(("scorer", "r-2")) is None
+
+
+def test_the_least_recently_used_answer_goes_first() -> None:
+    recent = RecentAnswers(capacity=2)
+    keep(recent, "r-1")
+    keep(recent, "r-2")
+    assert recent.get(("scorer", "r-1")) is not None
+
+    keep(recent, "r-3")
+
+    assert len(recent) == 2
+    assert recent.get(("scorer", "r-2")) is None
+    assert recent.get(("scorer", "r-1")) is not None
+    assert recent.get(("scorer", "r-3")) is not None
+
+
+def test_an_answer_ages_out() -> None:
+    clock = ManualClock()
+    recent = RecentAnswers(ttl_s=60.0, clock=clock)
+    keep(recent, "r-1")
+    clock.advance(59.0)
+    assert recent.get(("scorer", "r-1")) is not None
+
+    clock.advance(1.0)
+
+    assert recent.get(("scorer", "r-1")) is None
+    assert len(recent) == 0
+
+
+def test_capacity_zero_keeps_nothing() -> None:
+    recent = RecentAnswers(capacity=0)
+    keep(recent, "r-1")
+
+    assert recent.get(("scorer", "r-1")) is None
+    assert len(recent) == 0
