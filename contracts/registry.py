@@ -153,6 +153,22 @@ class Model(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
         timeout_ms: Bound of one inference call.
         deadline_ms: The default budget of a whole ``/score`` request for this model
             (callers may lower it per request).
+        max_batch_size: The most rows one inference call carries. Above 1, requests
+            that wait while the model's calls are in flight go out together as one
+            call with a batch dimension (``[n, features]`` for the tensor layout, ``[n]``
+            per input for columns), and each row gets its outputs back by position;
+            the model server must accept a batch dimension. 1 (the default) sends
+            every row as a call of its own.
+        max_batch_wait_ms: How long the oldest waiting row may be held for more rows
+            to join it, when a call could go out but would carry fewer than
+            ``max_batch_size``. 0 (the default) adds no wait: a call goes out as soon
+            as one may, with the rows already waiting. The wait is spent from the
+            model's share of the deadline, so it must be shorter than ``timeout_ms``;
+            it needs ``max_batch_size`` above 1.
+        max_batches_in_flight: With batching, how many calls may be in flight at once;
+            rows that come while all are in flight wait for the next call. 1 (the
+            default) suits a model server that scores one call at a time; raise it
+            for servers with several model instances or workers.
     """
 
     name: Name
@@ -168,6 +184,9 @@ class Model(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     decision: DecisionPolicy | None = None
     retry: RetryPolicy = msgspec.field(default_factory=lambda: RetryPolicy(attempts=2))
     breaker: BreakerPolicy = msgspec.field(default_factory=BreakerPolicy)
+    max_batch_size: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 1
+    max_batch_wait_ms: Annotated[int, msgspec.Meta(ge=0, le=60_000)] = 0
+    max_batches_in_flight: Annotated[int, msgspec.Meta(ge=1, le=128)] = 1
 
 
 class OnlineStoreSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -3,12 +3,20 @@
 Works with any spec-faithful server (KServe, MLServer, Triton): the feature vector
 goes out as one ``[1, n]`` tensor or as one named input per feature, as the
 registry says; outputs come back flat or nested and are read row-major.
+
+With ``max_batch_size`` above 1, rows that wait while the model's calls are in flight
+go out as one call of ``[rows, n]`` (or ``[rows]`` per input), and each row takes its
+outputs back by position (:mod:`gateway.batching`). Retries and the breaker wrap each
+call, so a batch counts once in the breaker however many rows it carries; a failed
+call fails its rows only, each with the answer a row of its own would have had.
+Versioned calls (replays) always go alone.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Sequence
+import itertools
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -25,6 +33,7 @@ from tenacity import (
 from contracts.features import FeatureScalar
 from contracts.inference import Datatype, InferError, InferInput, InferRequest, InferResponse
 from contracts.registry import DType, Model
+from gateway.batching import BatchCancelled, Batcher, BatchShapeError, split_outputs
 from gateway.breaker import BreakerOpen, DependencyBreaker
 from gateway.deadline import Deadline, DeadlineReached
 from gateway.errors import DeadlineExceeded, GatewayError, Unavailable
@@ -58,13 +67,8 @@ _RETRY_TRANSIENT = retry_if_exception_type(_Transient)
 # Slots of a model client whose session sets no connection limit.
 _UNLIMITED = 1 << 30
 
-
-def _flatten(data: Sequence[Any]) -> Iterator[Any]:
-    for item in data:
-        if isinstance(item, list):
-            yield from _flatten(item)
-        else:
-            yield item
+Row = list[FeatureScalar]
+"""One row's values in vector order (floats already, for the tensor layout)."""
 
 
 class ModelClient:
@@ -93,23 +97,51 @@ class ModelClient:
         self._wait = wait_exponential_jitter(
             multiplier=model.retry.backoff_ms / 1000, max=model.retry.max_backoff_ms / 1000
         )
+        self.batcher: Batcher[tuple[str, Row], dict[str, Any]] | None = None
+        """The queue of rows waiting for a call, when the model batches them."""
+        if model.max_batch_size > 1:
+            self.batcher = Batcher(
+                self._infer_batch,
+                max_size=model.max_batch_size,
+                max_wait_s=model.max_batch_wait_ms / 1000,
+                max_in_flight=model.max_batches_in_flight,
+            )
 
     def request(self, decision_id: str, vector: Sequence[FeatureScalar]) -> InferRequest:
         """The inference request for one row."""
+        return self.batch_request(decision_id, [self._row(vector)])
+
+    def batch_request(
+        self, request_id: str, rows: Sequence[Sequence[FeatureScalar]]
+    ) -> InferRequest:
+        """The inference request for rows in order: the batch dimension is their count.
+
+        The tensor layout sends one ``[rows, n]`` tensor, row-major; the columns layout
+        one input of shape ``[rows]`` per feature.
+        """
         layout = self.model.input
         if layout.layout == "tensor":
-            data = [float(v) for v in vector]
+            data = list(itertools.chain.from_iterable(rows))
+            width = len(rows[0]) if rows else 0
+            if len(data) != len(rows) * width:
+                raise ValueError("rows of a batch must be equally long")
             inputs = [
                 InferInput(
-                    name=layout.name, shape=[1, len(data)], datatype=layout.datatype, data=data
+                    name=layout.name, shape=[len(rows), width], datatype=layout.datatype, data=data
                 )
             ]
         else:
+            values = zip(*rows, strict=True)
             inputs = [
-                InferInput(name=name, shape=[1], datatype=datatype, data=[value])
-                for (name, datatype), value in zip(self._columns, vector, strict=True)
+                InferInput(name=name, shape=[len(rows)], datatype=datatype, data=list(column))
+                for (name, datatype), column in zip(self._columns, values, strict=True)
             ]
-        return InferRequest(id=decision_id, inputs=inputs)
+        return InferRequest(id=request_id, inputs=inputs)
+
+    def _row(self, vector: Sequence[FeatureScalar]) -> Row:
+        if self.model.input.layout == "tensor":
+            return [float(v) for v in vector]
+        return list(vector)
 
     async def infer(
         self,
@@ -121,12 +153,17 @@ class ModelClient:
         """Score one row; returns outputs by name (a scalar for a one-element output).
 
         ``version`` asks for a version other than the one the server picks by default.
+        Without one, and when the model batches, the row joins the next call of its
+        model and keeps its own deadline in it.
         """
-        body = _encode_request(self.request(decision_id, vector))
-        url = self._url if version is None else self._versioned_url(version)
         try:
-            async with asyncio.timeout(deadline.remaining()):
-                response = await self._post_with_retries(url, body, deadline)
+            if self.batcher is None or version is not None:
+                return await self._infer_alone(decision_id, vector, deadline, version)
+            if len(vector) != len(self._columns):
+                raise ValueError(
+                    f"a row of {len(vector)} values for a vector of {len(self._columns)}"
+                )
+            return await self.batcher.submit((decision_id, self._row(vector)), deadline)
         except TimeoutError as exc:
             raise DeadlineExceeded(
                 f"model {self.model.name} did not answer within the request deadline",
@@ -138,15 +175,49 @@ class ModelClient:
                 field="model",
                 headers={"Retry-After": str(max(1, round(exc.retry_after_s)))},
             ) from exc
-        except _Transient as exc:
+        except (_Transient, BatchCancelled) as exc:
             raise Unavailable(
                 f"model {self.model.name} is unavailable: {exc}", field="model"
             ) from exc
+        except ModelRejected as exc:
+            if self.batcher is None or version is not None:
+                raise
+            # One call's rejection is each of its rows' own answer.
+            raise ModelRejected(exc.detail, field=exc.field) from exc
+
+    async def _infer_alone(
+        self,
+        decision_id: str,
+        vector: Sequence[FeatureScalar],
+        deadline: Deadline,
+        version: str | None,
+    ) -> dict[str, Any]:
+        body = _encode_request(self.request(decision_id, vector))
+        url = self._url if version is None else self._versioned_url(version)
+        async with asyncio.timeout(deadline.remaining()):
+            response = await self._post_with_retries(url, body, deadline)
         return self._outputs(response)
 
-    async def _post_with_retries(self, url: str, body: bytes, deadline: Deadline) -> InferResponse:
+    async def _infer_batch(
+        self, rows: list[tuple[str, Row]], deadline: Deadline
+    ) -> list[dict[str, Any]]:
+        """One call for the rows of a batch, until the latest of their deadlines."""
+        # The call is named after its first row's decision, as a call of one row is.
+        body = _encode_request(self.batch_request(rows[0][0], [row for _, row in rows]))
+        async with asyncio.timeout(deadline.remaining()):
+            response = await self._post_with_retries(self._url, body, deadline, len(rows))
+        try:
+            return split_outputs(response.outputs, len(rows))
+        except BatchShapeError as exc:
+            raise ModelRejected(
+                f"model {self.model.name} answered outside the protocol: {exc}", field="model"
+            ) from exc
+
+    async def _post_with_retries(
+        self, url: str, body: bytes, deadline: Deadline, rows: int = 1
+    ) -> InferResponse:
         return await call_with_retries(
-            lambda: self._post(url, body, deadline),
+            lambda: self._post(url, body, deadline, rows),
             lambda: AsyncRetrying(
                 stop=self._stop, wait=self._wait, retry=_RETRY_TRANSIENT, reraise=True
             ),
@@ -157,8 +228,9 @@ class ModelClient:
         base = self.model.endpoint.rstrip("/")
         return f"{base}/v2/models/{self.model.name}/versions/{quote(version, safe='')}/infer"
 
-    async def _post(self, url: str, body: bytes, deadline: Deadline) -> InferResponse:
-        with stage(f"model {self.model.name} infer", SpanKind.CLIENT, {"url.full": url}):
+    async def _post(self, url: str, body: bytes, deadline: Deadline, rows: int) -> InferResponse:
+        attributes = {"url.full": url, "scoregate.model.rows": str(rows)}
+        with stage(f"model {self.model.name} infer", SpanKind.CLIENT, attributes):
             return await self._post_once(url, body, deadline)
 
     async def _post_once(self, url: str, body: bytes, deadline: Deadline) -> InferResponse:
@@ -191,11 +263,7 @@ class ModelClient:
 
     @staticmethod
     def _outputs(response: InferResponse) -> dict[str, Any]:
-        outputs: dict[str, Any] = {}
-        for output in response.outputs:
-            flat = list(_flatten(output.data))
-            outputs[output.name] = flat[0] if len(flat) == 1 else flat
-        return outputs
+        return split_outputs(response.outputs, 1)[0]
 
     async def ready(self, timeout_s: float) -> bool:
         """True when the model server says it is ready."""

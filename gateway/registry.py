@@ -273,6 +273,7 @@ class _Checker:
         dtypes = [f.dtype for f in stored] + [c.dtype for c in model.context]
         if model.input.layout == "tensor" and "string" in dtypes:
             self.fail("a tensor input cannot carry string features", f"{at}.input.layout")
+        self.batching(model, at)
         needed = [subject] + [entities[f.entity] for f in stored]
         specs: list[Feature | ContextFeature] = [*stored, *model.context]
         published = [
@@ -290,6 +291,28 @@ class _Checker:
             pii=frozenset(spec.name for spec in specs if spec.classification == "pii"),
             published=tuple(published),
         )
+
+    def batching(self, model: Model, at: str) -> None:
+        if model.max_batch_size > 1:
+            if model.max_batch_wait_ms >= model.timeout_ms:
+                self.fail(
+                    f"max_batch_wait_ms must be shorter than timeout_ms ({model.timeout_ms}):"
+                    " the wait is spent from the model's share of the deadline",
+                    f"{at}.max_batch_wait_ms",
+                )
+            return
+        # Without batching these settings would do nothing: say so rather than ignore them.
+        if model.max_batch_wait_ms > 0:
+            self.fail(
+                "max_batch_wait_ms needs max_batch_size above 1: the wait fills a batch",
+                f"{at}.max_batch_wait_ms",
+            )
+        if model.max_batches_in_flight > 1:
+            self.fail(
+                "max_batches_in_flight needs max_batch_size above 1: without batching"
+                " every row is a call of its own",
+                f"{at}.max_batches_in_flight",
+            )
 
     def streams(
         self,
