@@ -4,7 +4,7 @@ Each field holds a msgpack array: the value, its event time and ingest time (epo
 milliseconds) and its lineage, so one ``HMGET`` returns everything a decision needs
 to say how fresh a value is and where it came from. Every writer (``/features/push``,
 the read-through of fetched values, ``scoregate ingest``, backfill) goes through one
-Lua compare-and-set per entity, which orders values by (event time, sequence): an
+Lua compare-and-set, atomic per entity, which orders values by (event time, sequence): an
 older value never overwrites a newer one, a value with the same event time is
 ordered by its sequence (a Kafka offset, a database log position), and the same
 (event time, sequence) again is a duplicate. A deleted feature is kept as a marker
@@ -24,10 +24,11 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Literal, NamedTuple
 
+import hiredis
 import msgspec
 import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.retry import Retry
 
 from contracts.features import (
@@ -115,40 +116,55 @@ class EntityWrite(NamedTuple):
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(StoredValue).decode
 
-# KEYS[1] = the entity hash; ARGV[1] = event time (ms), ARGV[2] = sequence, ARGV[3] =
-# event id ("" for none); then field, value pairs. A field is written unless the stored
-# value is newer by (event time, sequence). The same event again (the same event time
-# with the same event id, or the same sequence) is a duplicate. Returns one code per
-# field, in order: 1 written, 0 older (kept the newer), 2 duplicate.
+# KEYS[k] = the hash of the k-th entity. ARGV holds, per entity in the order of KEYS: its
+# event time (ms), sequence, event id ("" for none), the number n of its fields, then n
+# field, value pairs. A field is written unless the stored value is newer by (event time,
+# sequence). The same event again (the same event time with the same event id, or the
+# same sequence) is a duplicate. Returns per entity one code per field, in order: 1
+# written, 0 older (kept the newer), 2 duplicate. A script runs atomically, so each
+# entity's compare-and-set does. The keys of one call are on one server: the online
+# store is one Redis, not a cluster.
 _COMPARE_AND_SET = """
-local event_time = tonumber(ARGV[1])
-local sequence = tonumber(ARGV[2])
-local event_id = ARGV[3]
 local outcomes = {}
-for i = 4, #ARGV, 2 do
-  local field = ARGV[i]
-  local outcome = 1
-  local old = redis.call('HGET', KEYS[1], field)
-  if old then
-    local ok, decoded = pcall(cmsgpack.unpack, old)
-    if ok and type(decoded) == 'table' and tonumber(decoded[2]) ~= nil then
-      local old_time = tonumber(decoded[2])
-      local old_sequence = tonumber(decoded[10]) or 0
-      local same_event = event_id ~= '' and decoded[14] == event_id
-      if old_time == event_time and (same_event or old_sequence == sequence) then
-        outcome = 2
-      elseif old_time > event_time or (old_time == event_time and old_sequence > sequence) then
-        outcome = 0
+local at = 1
+for k = 1, #KEYS do
+  local key = KEYS[k]
+  local event_time = tonumber(ARGV[at])
+  local sequence = tonumber(ARGV[at + 1])
+  local event_id = ARGV[at + 2]
+  local last = at + 3 + 2 * tonumber(ARGV[at + 3])
+  local codes = {}
+  for i = at + 4, last, 2 do
+    local field = ARGV[i]
+    local outcome = 1
+    local old = redis.call('HGET', key, field)
+    if old then
+      local ok, decoded = pcall(cmsgpack.unpack, old)
+      if ok and type(decoded) == 'table' and tonumber(decoded[2]) ~= nil then
+        local old_time = tonumber(decoded[2])
+        local old_sequence = tonumber(decoded[10]) or 0
+        local same_event = event_id ~= '' and decoded[14] == event_id
+        if old_time == event_time and (same_event or old_sequence == sequence) then
+          outcome = 2
+        elseif old_time > event_time or (old_time == event_time and old_sequence > sequence) then
+          outcome = 0
+        end
       end
     end
+    if outcome == 1 then
+      redis.call('HSET', key, field, ARGV[i + 1])
+    end
+    codes[#codes + 1] = outcome
   end
-  if outcome == 1 then
-    redis.call('HSET', KEYS[1], field, ARGV[i + 1])
-  end
-  outcomes[#outcomes + 1] = outcome
+  outcomes[k] = codes
+  at = last + 1
 end
 return outcomes
 """
+_COMPARE_AND_SET_SHA = hashlib.sha1(_COMPARE_AND_SET.encode(), usedforsecurity=False).hexdigest()
+_ENTITIES_PER_CALL = 64
+"""Entities one script call compare-and-sets: few replies to read, and Redis is never
+held by one call for long (about a millisecond)."""
 
 
 def to_millis(moment: datetime) -> int:
@@ -196,7 +212,6 @@ class OnlineStore:
         self._pool = client.connection_pool
         self._prefix = prefix
         self._timeout_s = spec.timeout_ms / 1000
-        self._compare_and_set = client.register_script(_COMPARE_AND_SET)
         self.breaker = DependencyBreaker("online_store", spec.breaker)
         # One slot per pooled connection, so that the wait for a connection happens
         # here, under the caller's deadline, and never inside the pool under the
@@ -288,40 +303,71 @@ class OnlineStore:
     async def write_many(
         self, writes: Sequence[EntityWrite], deadline: Deadline
     ) -> list[dict[str, WriteOutcome]]:
-        """Compare-and-set the values of many entities in one pipeline.
+        """Compare-and-set the values of many entities in one round trip.
 
         Returns the outcome of every feature, per write, in order. Each entity's
-        write is atomic on its own (one script call); the pipeline only saves round
-        trips, it is not a transaction across entities.
+        write is atomic on its own; a script call takes several entities and the calls
+        go in one pipeline, which only saves round trips: it is not a transaction
+        across them.
         """
         if not writes:
             return []
+        calls = [
+            self._call(writes[first : first + _ENTITIES_PER_CALL])
+            for first in range(0, len(writes), _ENTITIES_PER_CALL)
+        ]
         try:
-            async with (
-                self.breaker.guard(),
-                deadline.holding(self._slots),
-                self._client.pipeline(transaction=False) as pipe,
-            ):
-                for write in writes:
-                    args: list[bytes | str | int] = [
-                        write.event_time_ms,
-                        write.sequence,
-                        write.event_id,
-                    ]
-                    for name, stored in write.values.items():
-                        args.extend((name, _encode(stored)))
-                    await self._compare_and_set(
-                        keys=[self.key(write.entity, write.entity_id)], args=args, client=pipe
-                    )
-                replies = await pipe.execute()
+            async with self.breaker.guard(), deadline.holding(self._slots):
+                replies = await self._evaluate(calls)
         except DeadlineReached as exc:
             raise StoreUnavailable("no Redis connection was free in time") from exc
         except (RedisError, OSError, BreakerOpen) as exc:
             raise StoreUnavailable(str(exc)) from exc
+        codes = [entity for reply in replies for entity in reply]
         return [
-            {name: _OUTCOMES[int(code)] for name, code in zip(write.values, codes, strict=True)}
-            for write, codes in zip(writes, replies, strict=True)
+            {name: _OUTCOMES[int(code)] for name, code in zip(write.values, found, strict=True)}
+            for write, found in zip(writes, codes, strict=True)
         ]
+
+    def _call(self, writes: Sequence[EntityWrite]) -> bytes:
+        """One script call over ``writes``, packed for the wire."""
+        keys = [self.key(write.entity, write.entity_id) for write in writes]
+        args: list[bytes | str | int] = ["EVALSHA", _COMPARE_AND_SET_SHA, len(keys), *keys]
+        for write in writes:
+            args += (write.event_time_ms, write.sequence, write.event_id, len(write.values))
+            for name, stored in write.values.items():
+                args += (name, _encode(stored))
+        # hiredis's stub types the command as a tuple of one element.
+        packed: bytes = hiredis.pack_command(tuple(args))  # type: ignore[arg-type]
+        return packed
+
+    async def _evaluate(self, calls: Sequence[bytes]) -> list[list[list[int]]]:
+        """Send the script calls in one pipeline and read every reply.
+
+        Redis that lost the script (restarted, or flushed its scripts) answers NOSCRIPT:
+        the script is loaded and those calls alone are sent again. Any other error
+        reply fails the whole write, after every reply is read.
+        """
+        connection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            replies = await _exchange(connection, calls)
+            lost = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+            if lost:
+                await connection.send_command("SCRIPT", "LOAD", _COMPARE_AND_SET)
+                await connection.read_response()
+                again = await _exchange(connection, [calls[i] for i in lost])
+                for i, reply in zip(lost, again, strict=True):
+                    replies[i] = reply
+        except BaseException:
+            # Replies may be left unread on it: it cannot serve another command.
+            await connection.disconnect(nowait=True)
+            raise
+        finally:
+            await self._pool.release(connection)
+        for reply in replies:
+            if isinstance(reply, ResponseError):
+                raise reply
+        return replies  # type: ignore[return-value]
 
     async def open(self) -> None:
         """Open the pool's connections now, at start-up.
@@ -349,6 +395,21 @@ class OnlineStore:
     async def close(self) -> None:
         """Close the connection pool."""
         await self._client.aclose()
+
+
+async def _exchange(
+    connection: aioredis.Connection, calls: Sequence[bytes]
+) -> list[list[list[int]] | ResponseError]:
+    """Send packed commands at once and read their replies; an error reply is returned."""
+    await connection.send_packed_command(list(calls))
+    replies: list[list[list[int]] | ResponseError] = []
+    for _ in calls:
+        try:
+            replies.append(await connection.read_response())
+        except ResponseError as exc:
+            # The reply was read whole: the connection is still in step.
+            replies.append(exc)
+    return replies
 
 
 def _present(names: Sequence[str], row: Sequence[bytes | None]) -> dict[str, StoredValue]:

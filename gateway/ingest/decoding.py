@@ -471,8 +471,7 @@ class _Table:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class _Origin:
+class _Origin(msgspec.Struct, frozen=True, gc=False):
     """Where a change came from and where it sits in order."""
 
     event_time_ms: int

@@ -58,3 +58,33 @@ COMMITTED_OFFSET = Gauge(
     "The last offset this worker committed, per partition it holds.",
     ["topic", "partition"],
 )
+
+
+class IngestSeries:
+    """The per-feature series of :data:`UPDATES` and :data:`INGEST_LAG`, looked up once.
+
+    A worker counts every value it writes; finding a labelled series costs more than
+    counting in it, and the labels come from the registry, so each is kept once found.
+    """
+
+    def __init__(self) -> None:
+        self._updates: dict[tuple[str, str, str], Counter] = {}
+        self._lag: dict[tuple[str, str], Histogram] = {}
+
+    def updates(self, feature: str, source: str, outcome: str) -> Counter:
+        """The :data:`UPDATES` series of a feature, stream and outcome."""
+        key = (feature, source, outcome)
+        series = self._updates.get(key)
+        if series is None:
+            series = self._updates[key] = UPDATES.labels(
+                feature=feature, source=source, outcome=outcome
+            )
+        return series
+
+    def lag(self, feature: str, source: str) -> Histogram:
+        """The :data:`INGEST_LAG` series of a feature and stream."""
+        key = (feature, source)
+        series = self._lag.get(key)
+        if series is None:
+            series = self._lag[key] = INGEST_LAG.labels(feature=feature, source=source)
+        return series

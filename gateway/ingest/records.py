@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Literal
+
+import msgspec
 
 from contracts.features import ChangePosition, Channel, FeatureScalar, StreamPosition
 
+# Structs rather than dataclasses: the worker makes several per record, and a frozen
+# dataclass's __init__ costs a call per field. They hold plain data and never take part
+# in a reference cycle, so the garbage collector need not track them (gc=False).
 
-@dataclass(frozen=True, slots=True)
-class RawRecord:
+
+class RawRecord(msgspec.Struct, frozen=True, gc=False):
     """One Kafka record as consumed: bytes as they came, and where they sat."""
 
     topic: str
@@ -22,8 +26,7 @@ class RawRecord:
     timestamp_ms: int
 
 
-@dataclass(frozen=True, slots=True)
-class FeatureChange:
+class FeatureChange(msgspec.Struct, frozen=True, gc=False):
     """What one record says about one entity's features, ready for the compare-and-set.
 
     Attributes:
@@ -99,9 +102,8 @@ class RecordRejected(Exception):
         self.feature = feature
 
 
-@dataclass(frozen=True, slots=True)
-class Decoded:
+class Decoded(msgspec.Struct, frozen=True, gc=False):
     """A record decoded: its changes, and unmapped fields it carried (compatible)."""
 
     changes: Sequence[FeatureChange]
-    extra_fields: Sequence[str] = field(default=())
+    extra_fields: Sequence[str] = ()

@@ -177,6 +177,7 @@ class IngestWorker:
         self._extra_seen: dict[str, set[str]] = {}
         self._paused: set[str] = set()
         self._control_checked = 0.0
+        self._metrics = metrics.IngestSeries()
         self.report = BatchReport()
 
     @property
@@ -337,13 +338,20 @@ class IngestWorker:
         now_ms: int,
         offsets: Mapping[TopicPartition, int],
     ) -> None:
+        # Counted per batch: a label lookup per value would cost more than the value's write.
+        counts: dict[tuple[str, str, str], int] = {}
         for (stream, change), outcome in zip(changes, outcomes, strict=True):
             lag_s = max(0, now_ms - change.event_time_ms) / 1000
+            source = stream.name
             for feature, result in outcome.items():
-                metrics.UPDATES.labels(feature=feature, source=stream.name, outcome=result).inc()
+                key = (feature, source, result)
+                counts[key] = counts.get(key, 0) + 1
                 if result == "written":
-                    metrics.INGEST_LAG.labels(feature=feature, source=stream.name).observe(lag_s)
-                setattr(self.report, result, getattr(self.report, result) + 1)
+                    self._metrics.lag(feature, source).observe(lag_s)
+        report = self.report
+        for (feature, source, result), count in counts.items():
+            self._metrics.updates(feature, source, result).inc(count)
+            setattr(report, result, getattr(report, result) + count)
         consumer = self._require_consumer()
         for tp, offset in offsets.items():
             partition = str(tp.partition)
@@ -437,28 +445,30 @@ def entity_write(change: FeatureChange, now_ms: int) -> EntityWrite:
         change.event_time_ms,
     )
 
-    def stored(value: Any, deleted: bool) -> StoredValue:
-        return StoredValue(
-            value=value,
-            event_time_ms=change.event_time_ms,
-            ingested_at_ms=now_ms,
-            lineage_id=lineage_id,
-            kind="push",
-            source_system=change.source_system,
-            source_ref=change.source_ref,
-            schema_version=change.schema_version,
-            transform=change.transform,
-            sequence=change.sequence,
-            deleted=deleted,
-            effective_time_ms=change.effective_time_ms,
-            channel=change.channel,
-            event_id=change.event_id,
-            stream=change.stream,
-            change=change.change,
-        )
-
-    values = {name: stored(value, False) for name, value in change.values.items()}
-    values.update({name: stored(None, True) for name in change.deleted})
+    # Every value of a change shares its lineage: one struct made in full, copies of it.
+    template = StoredValue(
+        value=None,
+        event_time_ms=change.event_time_ms,
+        ingested_at_ms=now_ms,
+        lineage_id=lineage_id,
+        kind="push",
+        source_system=change.source_system,
+        source_ref=change.source_ref,
+        schema_version=change.schema_version,
+        transform=change.transform,
+        sequence=change.sequence,
+        deleted=False,
+        effective_time_ms=change.effective_time_ms,
+        channel=change.channel,
+        event_id=change.event_id,
+        stream=change.stream,
+        change=change.change,
+    )
+    replace = msgspec.structs.replace
+    values = {name: replace(template, value=value) for name, value in change.values.items()}
+    if change.deleted:
+        gone = replace(template, deleted=True)
+        values.update(dict.fromkeys(change.deleted, gone))
     return EntityWrite(
         change.entity,
         change.entity_id,

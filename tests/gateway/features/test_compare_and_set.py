@@ -3,14 +3,18 @@ sequence), duplicates recognised, deletions kept as markers that reads see missi
 
 from __future__ import annotations
 
+import hashlib
+import uuid
 from collections.abc import AsyncIterator
 
 import msgspec
 import pytest
+import redis.asyncio as aioredis
 
 from contracts.registry import OnlineStoreSpec
 from gateway.deadline import Deadline
-from gateway.features.online_store import EntityWrite, OnlineStore, StoredValue
+from gateway.features import online_store
+from gateway.features.online_store import EntityWrite, OnlineStore, StoredValue, StoreUnavailable
 
 pytestmark = pytest.mark.services
 
@@ -115,3 +119,52 @@ async def test_the_same_event_at_another_offset_is_a_duplicate(store: OnlineStor
     other = event(3, 1000, 12, "ev-2")
     assert await outcome(store, other) == "written"
     assert await current(store) == 3
+
+
+def many(count: int, event_time_ms: int, sequence: int = 1) -> list[EntityWrite]:
+    return [write(i, event_time_ms, sequence)._replace(entity_id=f"c-{i}") for i in range(count)]
+
+
+async def test_writes_of_many_calls_keep_their_order_and_outcomes(store: OnlineStore) -> None:
+    # More entities than one script call takes: the outcomes still line up with the writes.
+    first = await store.write_many(many(150, 1000), Deadline(5))
+    assert [o["txn_count_30m"] for o in first] == ["written"] * 150
+    later = [w._replace(event_time_ms=2000) if i % 2 else w for i, w in enumerate(many(150, 500))]
+    later = [
+        w._replace(values={"txn_count_30m": stored(i, w.event_time_ms, 1)})
+        for i, w in enumerate(later)
+    ]
+    outcomes = await store.write_many(later, Deadline(5))
+    assert [o["txn_count_30m"] for o in outcomes] == ["older", "written"] * 75
+    rows = await store.read(
+        [("customer", f"c-{i}", ["txn_count_30m"]) for i in (0, 1)], Deadline(5)
+    )
+    assert [row["txn_count_30m"].event_time_ms for row in rows] == [1000, 2000]
+
+
+async def test_a_redis_without_the_script_gets_it_loaded(
+    store: OnlineStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A variant of the script that this Redis has never seen: its calls answer NOSCRIPT.
+    script = online_store._COMPARE_AND_SET + f"-- {uuid.uuid4().hex}\n"
+    sha = hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()
+    monkeypatch.setattr(online_store, "_COMPARE_AND_SET", script)
+    monkeypatch.setattr(online_store, "_COMPARE_AND_SET_SHA", sha)
+    outcomes = await store.write_many(many(100, 1000), Deadline(5))
+    assert [o["txn_count_30m"] for o in outcomes] == ["written"] * 100
+    again = await store.write_many(many(100, 1000), Deadline(5))
+    assert [o["txn_count_30m"] for o in again] == ["duplicate"] * 100
+
+
+async def test_an_error_reply_fails_the_write_and_the_store_goes_on(
+    store: OnlineStore, redis_url: str, redis_prefix: str
+) -> None:
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        await client.set(f"{redis_prefix}:customer:c-5", "not a hash")
+    finally:
+        await client.aclose()
+    with pytest.raises(StoreUnavailable, match="WRONGTYPE"):
+        await store.write_many(many(100, 1000), Deadline(5))
+    outcomes = await store.write_many(many(3, 2000), Deadline(5))
+    assert [o["txn_count_30m"] for o in outcomes] == ["written"] * 3
