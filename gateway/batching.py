@@ -4,9 +4,11 @@
 and with which rows, as Triton's dynamic batcher and MLServer's adaptive batching do
 on the server side:
 
-- at most ``max_in_flight`` calls are in flight; a row that finds a free slot goes out
-  at once, together with every row already waiting (up to ``max_size``), and rows that
-  come while every slot is taken wait for the next call;
+- at most ``max_in_flight`` calls are in flight; a row that finds a free slot and
+  nobody waiting goes out at once, alone (its call runs in its own task, as an
+  unbatched call would), and rows that come while every slot is taken wait: when a
+  slot frees, the rows waiting go out together (up to ``max_size``, in order of
+  arrival) in a call of their own task;
 - with ``max_wait_s`` above 0, a call that would carry fewer than ``max_size`` rows
   waits until the oldest of them has waited that long, or until the batch is full;
 - each row keeps its own deadline: one whose deadline passes while it waits leaves
@@ -163,6 +165,8 @@ class Batcher(Generic[T, R]):
         remaining = deadline.remaining()
         if remaining <= 0:
             raise DeadlineReached("the request's deadline has passed")
+        if self._max_wait_s == 0 and self._in_flight < self._max_in_flight and not self._queue:
+            return await self._alone(item, deadline, remaining)
         loop = asyncio.get_running_loop()
         # The call runs in the context of its first row, so its span joins that trace.
         row: _Row[T, R] = _Row(
@@ -184,6 +188,26 @@ class Batcher(Generic[T, R]):
                 row.future.cancel()  # the row leaves its queue or its call
             elif not row.future.cancelled():
                 row.future.exception()  # retrieved even when the row left as it came
+
+    async def _alone(self, item: T, deadline: Deadline, remaining: float) -> R:
+        """Make the call of a row that found a slot free and nobody waiting, in its own task.
+
+        Rows that come while it is in flight wait for the next call, so this call is
+        the row's alone: it can run where the row waits, without a task of its own.
+        """
+        self._in_flight += 1
+        limit = asyncio.timeout(remaining)
+        try:
+            async with limit:
+                [result] = await self._call([item], deadline)
+        except TimeoutError as exc:
+            if limit.expired():
+                raise DeadlineReached("the request's deadline ended the call") from exc
+            raise
+        finally:
+            self._in_flight -= 1
+            self._pump()
+        return result
 
     def _pump(self) -> None:
         """Start calls while slots are free and rows wait (or arm the wait for more)."""

@@ -290,3 +290,24 @@ async def test_a_row_past_its_deadline_is_not_queued() -> None:
         await batcher.submit("late", Deadline(0))
     assert calls.made == []
     assert batcher.waiting == 0
+
+
+async def test_a_lone_row_past_its_deadline_in_flight_ends_its_call() -> None:
+    calls = Calls()
+    batcher = Batcher(calls, max_size=8)
+    with pytest.raises(DeadlineReached):
+        await batcher.submit("alone", Deadline(0.05))
+    assert calls.rows == [["alone"]]
+    assert calls.cancelled == 1
+    assert batcher.in_flight == 0
+
+
+async def test_a_lone_rows_own_failure_is_its_answer() -> None:
+    calls = Calls()
+    batcher = Batcher(calls, max_size=8)
+    task = submit(batcher, "a")
+    await until(lambda: len(calls.made) == 1, "the call")
+    calls.fail(0, TimeoutError("the call's own"))
+    with pytest.raises(TimeoutError, match="the call's own"):
+        await task
+    assert batcher.in_flight == 0
