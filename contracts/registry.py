@@ -123,7 +123,8 @@ class ModelInput(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
         layout: ``tensor``: one input named ``name`` of shape ``[1, n]`` in the
             model's feature order (scikit-learn style servers); ``columns``: one input
             per feature, named after it, of shape ``[1]`` (Triton-style models with
-            named inputs).
+            named inputs). A batched call of ``k`` rows (see the model's
+            ``max_batch_size``) has ``k`` in place of the 1.
     """
 
     layout: Literal["tensor", "columns"] = "tensor"
