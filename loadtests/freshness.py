@@ -12,7 +12,10 @@ streaming the sample customers and merchants) and, while ``/score`` runs open lo
    that answer arrives).
 
 The time between is what a decision service sees: broker, ingest worker, Redis write,
-and the gateway's read. Its resolution is one ``/score`` round trip (a few ms). The
+and the gateway's read. Its resolution is one ``/score`` round trip (a few ms), and
+its tail includes ``/score``'s own. ``stored`` stops the clock instead at the served
+value's ``ingested_at`` (when the ingest worker took the batch, to the millisecond):
+the path to the store alone, without the gateway's latency. The
 probes' own requests come on top of the load and are counted in the figures. Rounds
 are measured one after another; the summary has each round's percentiles and their
 medians.
@@ -32,6 +35,7 @@ import random
 import statistics
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -81,13 +85,15 @@ class Probe:
         await self._send(customer, values)
         await self._served(session, customer, values["txn_count_30m"], limit_s=60)
 
-    async def once(self, session: aiohttp.ClientSession, customer: str) -> float:
-        """Milliseconds from producing a new value to the first answer serving it."""
+    async def once(self, session: aiohttp.ClientSession, customer: str) -> tuple[float, float]:
+        """Milliseconds from producing a new value to the first answer serving it, and to
+        the ingest worker storing it (the served value's ``ingested_at``)."""
         marker = next(self._markers)
+        wall = time.time()
         started = time.perf_counter()
         await self._send(customer, {"txn_count_30m": marker})
-        await self._served(session, customer, marker, limit_s=30)
-        return (time.perf_counter() - started) * 1000
+        ingested_at = await self._served(session, customer, marker, limit_s=30)
+        return (time.perf_counter() - started) * 1000, (ingested_at - wall) * 1000
 
     async def _send(self, customer: str, values: dict[str, Any]) -> None:
         record = self._update(customer, values)
@@ -97,7 +103,8 @@ class Probe:
 
     async def _served(
         self, session: aiohttp.ClientSession, customer: str, marker: int, limit_s: float
-    ) -> None:
+    ) -> float:
+        """Ask ``/score`` until it serves ``marker``; when the value was stored (epoch s)."""
         body = {
             "model": MODEL,
             "entities": {"customer_id": customer, "merchant_id": "m-1"},
@@ -114,16 +121,17 @@ class Probe:
                     self.errors += 1
                     await asyncio.sleep(0.01)
                     continue
-                if answer["features"]["txn_count_30m"]["value"] == marker:
-                    return
+                served = answer["features"]["txn_count_30m"]
+                if served["value"] == marker:
+                    return datetime.fromisoformat(served["ingested_at"]).timestamp()
 
 
 async def probe_round(
     probe: Probe, session: aiohttp.ClientSession, seconds: float, interval_s: float
-) -> list[float]:
+) -> list[tuple[float, float]]:
     """Probe every ``interval_s`` for ``seconds``, cycling over the probe customers."""
     customers = itertools.cycle(f"c-probe-{i}" for i in range(1, PROBES + 1))
-    found: list[float] = []
+    found: list[tuple[float, float]] = []
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         due = time.monotonic() + interval_s
@@ -187,7 +195,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     )
                     row = {
                         "load": loaded.summary(),
-                        "freshness": _summary(found),
+                        "freshness": _summary([served for served, _ in found]),
+                        "stored": _summary([stored for _, stored in found]),
                         "probe_requests_per_s": round(
                             (probe.polls - polls_before) / args.seconds, 1
                         ),
@@ -209,6 +218,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "freshness_p50_ms": median("freshness", "p50_ms"),
         "freshness_p99_ms": median("freshness", "p99_ms"),
         "freshness_max_ms": median("freshness", "max_ms"),
+        "stored_p50_ms": median("stored", "p50_ms"),
+        "stored_p99_ms": median("stored", "p99_ms"),
         "score_p50_ms": median("load", "p50_ms"),
         "score_p99_ms": median("load", "p99_ms"),
         "score_achieved_per_s": median("load", "achieved_per_s"),
