@@ -114,7 +114,11 @@ class _Batch(Generic[T, R]):
 
 
 BatchCall = Callable[[list[T], Deadline], Awaitable[Sequence[R]]]
-"""Makes one call for some rows, until the deadline given; returns one result per row."""
+"""Makes one call for some rows and returns one result per row, in their order.
+
+The batcher ends the call at the deadline it is given (the latest of its rows'); the
+call spends from it for what it waits on (connections, retries).
+"""
 
 
 class Batcher(Generic[T, R]):
@@ -256,8 +260,10 @@ class Batcher(Generic[T, R]):
         rows = batch.rows
         # The latest deadline: each row stops waiting at its own.
         deadline = max((row.deadline for row in rows), key=lambda d: d.expires_at)
+        limit = asyncio.timeout(deadline.remaining())
         try:
-            results = await self._call([row.item for row in rows], deadline)
+            async with limit:
+                results = await self._call([row.item for row in rows], deadline)
             answered = list(zip(rows, results, strict=True))
         except asyncio.CancelledError:
             # Only rows that stopped waiting cancel a call; any still waiting are told.
@@ -266,9 +272,13 @@ class Batcher(Generic[T, R]):
                     row.future.set_exception(BatchCancelled("the call carrying the row stopped"))
             raise
         except Exception as exc:
+            failure = exc
+            if isinstance(exc, TimeoutError) and limit.expired():
+                failure = DeadlineReached("the deadlines of the call's rows ended it")
+                failure.__cause__ = exc
             for row in rows:
                 if not row.future.done():
-                    row.future.set_exception(exc)
+                    row.future.set_exception(failure)
             return
         for row, result in answered:
             if not row.future.done():

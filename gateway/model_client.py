@@ -201,11 +201,10 @@ class ModelClient:
     async def _infer_batch(
         self, rows: list[tuple[str, Row]], deadline: Deadline
     ) -> list[dict[str, Any]]:
-        """One call for the rows of a batch, until the latest of their deadlines."""
+        """One call for the rows of a batch; the batcher ends it at ``deadline``."""
         # The call is named after its first row's decision, as a call of one row is.
         body = _encode_request(self.batch_request(rows[0][0], [row for _, row in rows]))
-        async with asyncio.timeout(deadline.remaining()):
-            response = await self._post_with_retries(self._url, body, deadline, len(rows))
+        response = await self._post_with_retries(self._url, body, deadline, len(rows))
         try:
             return split_outputs(response.outputs, len(rows))
         except BatchShapeError as exc:
