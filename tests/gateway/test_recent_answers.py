@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
+from contracts.features import FeatureValue
 from contracts.scoring import ModelRef, ScoreResponse
 from gateway.scoring import Asked, RecentAnswers
 from tests.support.clock import ManualClock
@@ -12,10 +15,20 @@ def answer(request_id: str) -> ScoreResponse:
         decision_id=f"d-{request_id}",
         request_id=request_id,
         model=ModelRef(name="fraud", version="1"),
-        outputs={"score": [0.1]},
+        outputs={"score": [0.1], "label": [1]},
         decision="approve",
         degraded=False,
-        features={},
+        features={
+            "amount": FeatureValue(value=4.0, status="fresh", source="request"),
+            "txn_count_30m": FeatureValue(
+                value=2,
+                status="fresh",
+                source="online_store",
+                event_time=datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC),
+                staleness_ms=1200,
+            ),
+            "kyc": FeatureValue(value=None, status="missing", source="default"),
+        },
     )
 
 
@@ -26,7 +39,7 @@ def keep(recent: RecentAnswers, request_id: str, caller: str = "scorer") -> None
     recent.put((caller, request_id), ASKED, ASKED.fingerprint(), answer(request_id))
 
 
-def test_an_answer_comes_back_under_its_caller_and_request_id() -> None:
+def test_an_answer_comes_back_as_it_was_under_its_caller_and_request_id() -> None:
     recent = RecentAnswers()
     keep(recent, "r-1")
 
@@ -38,6 +51,8 @@ def test_an_answer_comes_back_under_its_caller_and_request_id() -> None:
         ASKED,
         ASKED.fingerprint(),
     )
+    amount = found.response.features["amount"].value
+    assert isinstance(amount, float)
     assert recent.get(("other", "r-1")) is None
     assert recent.get(("scorer", "r-2")) is None
 
