@@ -26,6 +26,14 @@ class Deadline:
         self.budget_s = budget_s
         self.expires_at = time.monotonic() + budget_s
 
+    @classmethod
+    def until(cls, expires_at: float) -> Deadline:
+        """The deadline at ``expires_at`` on the monotonic clock."""
+        deadline = cls.__new__(cls)
+        deadline.expires_at = expires_at
+        deadline.budget_s = max(0.0, expires_at - time.monotonic())
+        return deadline
+
     def remaining(self) -> float:
         """Seconds left, never negative."""
         return max(0.0, self.expires_at - time.monotonic())

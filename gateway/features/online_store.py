@@ -10,9 +10,13 @@ ordered by its sequence (a Kafka offset, a database log position), and the same
 (event time, sequence) again is a duplicate. A deleted feature is kept as a marker
 with its event time, so an older change cannot bring it back; reads see it missing.
 
-Connections come from a bounded pool. A command waits for a free connection within the
-request's deadline, and that wait is not Redis's fault: only the command itself runs
-under the store's timeout and counts for or against the breaker.
+Reads are coalesced: the reads of every request made in one turn of the event loop go
+to Redis as one pipeline when that turn ends, as ioredis's auto-pipelining does, so a
+burst of requests costs Redis and this process one round trip instead of one each.
+
+Connections come from a bounded pool. A pipeline waits for a free connection within its
+requests' deadlines, and that wait is not Redis's fault: only the round trip itself runs
+under the store's timeout and counts, once per pipeline, for or against the breaker.
 """
 
 from __future__ import annotations
@@ -20,13 +24,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Literal, NamedTuple
 
 import hiredis
 import msgspec
 import redis.asyncio as aioredis
+from prometheus_client import Histogram
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.retry import Retry
@@ -191,6 +197,79 @@ EntityRead = tuple[str, str, Sequence[str]]
 """(entity name, entity id, feature names) to read."""
 
 
+_READS_PER_PIPELINE = 128
+"""Requests whose reads one pipeline carries at most; more start the next one."""
+
+READS_PER_PIPELINE = Histogram(
+    "scoregate_online_store_reads_per_pipeline",
+    "Requests whose reads went to Redis in one pipeline.",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
+
+
+class _Pipeline:
+    """The reads of the requests of one loop turn, packed, and where their replies go."""
+
+    __slots__ = ("commands", "expires_at", "futures", "spans")
+
+    def __init__(self) -> None:
+        self.commands: list[bytes] = []
+        self.futures: list[asyncio.Future[list[list[bytes | None]]]] = []
+        self.spans: list[tuple[int, int]] = []
+        self.expires_at = 0.0
+
+    def add(
+        self, store: OnlineStore, reads: Sequence[EntityRead], expires_at: float
+    ) -> asyncio.Future[list[list[bytes | None]]]:
+        """Join one request's reads; the future gets their replies, in order."""
+        first = len(self.commands)
+        for entity, entity_id, names in reads:
+            # hiredis's stub types the command as a tuple of one element.
+            command = ("HMGET", store.key(entity, entity_id), *names)
+            self.commands.append(hiredis.pack_command(command))  # type: ignore[arg-type]
+        future: asyncio.Future[list[list[bytes | None]]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self.futures.append(future)
+        self.spans.append((first, len(self.commands)))
+        self.expires_at = max(self.expires_at, expires_at)
+        return future
+
+    def answer(self, rows: list[list[bytes | None]]) -> None:
+        """Hand each request that still waits its own replies."""
+        for future, (first, end) in zip(self.futures, self.spans, strict=True):
+            if not future.done():
+                future.set_result(rows[first:end])
+
+    def fail(self, error: Callable[[], StoreUnavailable]) -> None:
+        """Fail every request that still waits, each with an error of its own."""
+        for future in self.futures:
+            if not future.done():
+                future.set_exception(error())
+
+
+def _unavailable(exc: BaseException) -> Callable[[], StoreUnavailable]:
+    """What a failed pipeline tells each of its requests."""
+    if isinstance(exc, DeadlineReached):
+        message = "the request's deadline ended the read"
+    elif isinstance(exc, TimeoutError):
+        message = "no answer within the read timeout"
+    elif isinstance(exc, asyncio.CancelledError):
+        message = "the online store closed"
+    elif isinstance(exc, RedisError | OSError | BreakerOpen):
+        message = str(exc)
+    else:
+        log.error("online store read failed unexpectedly", exc_info=exc)
+        message = f"read failed: {exc!r}"
+
+    def error() -> StoreUnavailable:
+        unavailable = StoreUnavailable(message)
+        unavailable.__cause__ = exc
+        return unavailable
+
+    return error
+
+
 class OnlineStore:
     """Feature values in Redis, read for many entities in one round trip.
 
@@ -218,6 +297,8 @@ class OnlineStore:
         # store's timeout.
         self._slots = asyncio.Semaphore(max_connections)
         self._max_connections = max_connections
+        self._pending: _Pipeline | None = None
+        self._sending: set[asyncio.Task[None]] = set()
 
     @classmethod
     def from_url(
@@ -247,39 +328,73 @@ class OnlineStore:
     async def read(
         self, reads: Sequence[EntityRead], deadline: Deadline
     ) -> list[dict[str, StoredValue]]:
-        """Stored values for each entity read, in one round trip (a pipeline of HMGETs).
+        """Stored values for each entity read, in one round trip.
 
-        The read first waits for a connection within the request's deadline; opening
-        one (if the pool has none open) and then the round trip each spend at most the
-        store's timeout, cut to what the request has left.
+        Reads of concurrent requests made within one turn of the event loop go to Redis
+        together, as one pipeline of HMGETs, as soon as that turn ends: nothing waits
+        for more to come, and each request still waits at most one round trip (plus a
+        free connection) and no longer than its own deadline.
         """
-        commands = [
-            ("HMGET", self.key(entity, entity_id), *names) for entity, entity_id, names in reads
-        ]
-        rows: list[list[bytes | None]]
+        if not reads:
+            return []
+        if deadline.expires_at <= time.monotonic():
+            raise StoreUnavailable("the request's deadline ended the read")
+        pipeline = self._pending
+        if pipeline is None or len(pipeline.futures) >= _READS_PER_PIPELINE:
+            pipeline = self._pending = _Pipeline()
+            task = asyncio.get_running_loop().create_task(self._send(pipeline))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+        future = pipeline.add(self, reads, deadline.expires_at)
         try:
-            async with self.breaker.guard(), deadline.holding(self._slots):
-                # Opening a connection (when the pool has none open) is talking to Redis:
-                # it runs under the store's timeout like the round trip.
-                async with deadline.limit(self._timeout_s):
-                    connection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
-                try:
-                    async with deadline.limit(self._timeout_s):
-                        await connection.send_packed_command(connection.pack_commands(commands))
-                        rows = [await connection.read_response() for _ in commands]
-                except BaseException:
-                    # Replies may be left unread on it: it cannot serve another command.
-                    await connection.disconnect(nowait=True)
-                    raise
-                finally:
-                    await self._pool.release(connection)
+            async with deadline.limit():
+                rows = await future
         except DeadlineReached as exc:
             raise StoreUnavailable("the request's deadline ended the read") from exc
-        except TimeoutError as exc:
-            raise StoreUnavailable("no answer within the read timeout") from exc
-        except (RedisError, OSError, BreakerOpen) as exc:
-            raise StoreUnavailable(str(exc)) from exc
         return [_present(names, row) for (_, _, names), row in zip(reads, rows, strict=True)]
+
+    async def _send(self, pipeline: _Pipeline) -> None:
+        """Send one pipeline of reads and hand each request its replies.
+
+        It starts on the loop's next turn, so every read made in this one has joined
+        it. It waits for a connection and runs for as long as its latest request's
+        deadline allows; the round trip itself runs under the store's timeout and is
+        what the breaker counts, once per pipeline.
+        """
+        if self._pending is pipeline:
+            self._pending = None
+        READS_PER_PIPELINE.observe(len(pipeline.futures))
+        deadline = Deadline.until(pipeline.expires_at)
+        try:
+            async with self.breaker.guard(), deadline.holding(self._slots):
+                rows = await self._round_trip(pipeline.commands, deadline)
+        except BaseException as exc:
+            pipeline.fail(_unavailable(exc))
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        pipeline.answer(rows)
+
+    async def _round_trip(
+        self, commands: Sequence[bytes], deadline: Deadline
+    ) -> list[list[bytes | None]]:
+        """The packed commands' replies, from one connection, under the store's timeout.
+
+        Opening a connection (when the pool has none open) is talking to Redis: it
+        runs under the store's timeout like the round trip.
+        """
+        async with deadline.limit(self._timeout_s):
+            connection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            async with deadline.limit(self._timeout_s):
+                await connection.send_packed_command(list(commands))
+                return [await connection.read_response() for _ in commands]
+        except BaseException:
+            # Replies may be left unread on it: it cannot serve another command.
+            await connection.disconnect(nowait=True)
+            raise
+        finally:
+            await self._pool.release(connection)
 
     async def write(
         self,
@@ -393,7 +508,8 @@ class OnlineStore:
             await self._client.ping()
 
     async def close(self) -> None:
-        """Close the connection pool."""
+        """Let the reads in flight end, then close the connection pool."""
+        await asyncio.gather(*self._sending, return_exceptions=True)
         await self._client.aclose()
 
 
