@@ -21,18 +21,29 @@ other, or measures a running stack (``--url``). Then, in the same run:
    more, a saturated gateway trips its own Redis breaker and measures its fallback
    path). The PostgreSQL backends serving the run's database are moved to the other
    cores too; the machine's PostgreSQL and Redis servers themselves are left alone.
+   Each round also drives both with ``wrk`` (``wrk_score.lua``: the same N
+   connections, the same mix of bodies, each with a request id of its own), pinned
+   with ``taskset`` to the load generator's cores, so a C load generator saturates
+   them too: requests per second and CPU per request from the same ``/proc`` meter,
+   and wrk's own CPU beside them. After the rounds, one more ``/score`` wrk round runs
+   with ``py-spy`` sampling the gateway (``benchmark-<time>-score.svg``, a flame
+   graph); py-spy pauses the gateway at every sample, so that round's figures are kept
+   apart from the medians.
 3. **Own overhead.** At a moderate rate, on customers whose features the dev stack's
    ingest worker keeps fresh from its sample streams, ``/score``'s p50 minus the p50s of
    its dependencies' own round trips measured from this host: a Redis read of the same
    fields, a model call with the same body, a PostgreSQL commit of a decision-sized row
    (``probes.py``).
 4. **Integrity.** Audit rows = 200 answers, ``decision.made`` events on the topic =
-   committed decisions, no duplicate ``ce_id`` (``integrity.py``).
+   committed decisions, no duplicate ``ce_id`` (``integrity.py``), over every phase:
+   wrk's answers count too (its script keeps each 200 answer's decision id).
 5. **Scaling.** The stack again with ``scoregate serve --workers 2`` and nothing
    pinned; steps 1, 2 and 4 for ``/score``.
 
-Prints the figures and writes ``loadtests/results/benchmark-<time>.json`` and the
-latency chart ``benchmark-<time>.html``.
+Prints the figures and writes ``loadtests/results/benchmark-<time>.json``, the
+latency chart ``benchmark-<time>.html`` and the flame graph. Without ``wrk`` (``--wrk``,
+else on ``PATH``) or ``py-spy`` (``--py-spy``, else on ``PATH`` or in
+``/tmp/spyenv/bin``) the step that needs it is skipped, and the run says so.
 
     .venv/bin/python loadtests/benchmark.py            # full run, about 6-10 minutes
     .venv/bin/python loadtests/benchmark.py --quick    # smoke, about 2 minutes
@@ -50,14 +61,16 @@ import itertools
 import json
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,6 +100,12 @@ FULL_RATES = "100,200,250,300,400,500,600,800,1000,1200,1500,2000,2500,3000"
 QUICK_RATES = "100,300,500,800,1200,1600,2400,3200"
 SATURATED_P99_MS = 1000.0
 """A p99 past this (the sample model's request deadline) counts as saturated."""
+WRK_SCRIPT = HERE / "wrk_score.lua"
+SPY_VENV = Path("/tmp/spyenv/bin/py-spy")
+"""Where py-spy is looked for when it is not on ``PATH`` (a scratch venv: the project's
+own does not carry it)."""
+REQUEST_ID_SLOT = "@request-id@"
+"""Stands for the request id in a body template; wrk's script puts the id there."""
 
 
 class DecisionId(msgspec.Struct):
@@ -112,6 +131,9 @@ class Settings:
     customers: int
     rounds: int
     drain_limit_s: float = 60.0
+    wrk: str | None = None
+    """wrk's path; None: no wrk phases."""
+    wrk_threads: int = 1
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Settings:
@@ -128,7 +150,20 @@ class Settings:
             overhead_s=4.0 if quick else 10.0,
             customers=args.customers or (500 if quick else 2000),
             rounds=args.rounds or (2 if quick else 3),
+            wrk=None if args.no_wrk else find_tool(args.wrk, "wrk"),
+            wrk_threads=args.wrk_threads,
         )
+
+
+def find_tool(given: str | None, name: str, fallback: Path | None = None) -> str | None:
+    """The path of a tool: the one given, else ``name`` on ``PATH``, else ``fallback``;
+    None (and a line saying so) when there is none."""
+    found = shutil.which(given or name)
+    if found is None and given is None and fallback is not None and fallback.exists():
+        found = str(fallback)
+    if found is None:
+        print(f"{given or name} not found: the steps that need {name} are skipped", flush=True)
+    return found
 
 
 @dataclass
@@ -159,6 +194,167 @@ class ScoreTraffic:
             self.answered.add(_decision_id(data).decision_id)
             if b'"source":"source:' in data:
                 self.from_sources += 1
+
+    def templates(self, rng: random.Random) -> list[tuple[str, str]]:
+        """One body per customer of the mix, in random order, each split where its
+        request id goes (for wrk, which fills in ids of its own)."""
+        customers = list(self.only or range(1, self.customers + 1))
+        rng.shuffle(customers)
+        split = []
+        for customer in customers:
+            body = score_body(rng, self.customers, REQUEST_ID_SLOT)
+            body["entities"]["customer_id"] = f"c-{customer}"
+            head, tail = msgspec.json.encode(body).decode().split(REQUEST_ID_SLOT)
+            split.append((head, tail))
+        return split
+
+    def wrk_prefix(self) -> str:
+        """A request-id prefix for one wrk phase, under the traffic's own prefix."""
+        return f"{self.prefix}wrk{next(self._numbers)}-"
+
+    def take(self, answers: WrkAnswers) -> None:
+        """Count a wrk phase's answers as if they had come one by one."""
+        if self.collect:
+            self.ok += answers.statuses.get(200, 0)
+            self.answered.update(answers.decisions)
+            self.from_sources += answers.from_sources
+
+
+@dataclass
+class WrkAnswers:
+    """What ``wrk_score.lua`` wrote when wrk was done."""
+
+    statuses: Counter[int] = field(default_factory=Counter)
+    decisions: list[str] = field(default_factory=list)
+    from_sources: int = 0
+    degraded: int = 0
+    requests: int = 0
+    duration_s: float = 0.0
+    errors: Counter[str] = field(default_factory=Counter)
+    """Socket errors by kind (connect, read, write, timeout), those that happened."""
+    percentiles_ms: dict[str, float | None] = field(default_factory=dict)
+    """``p50_ms``, ``p95_ms``, ``p99_ms`` and ``max_ms``, as the phases report them."""
+
+    @classmethod
+    def parse(cls, text: str) -> WrkAnswers:
+        """Read the script's ``key value`` lines."""
+        answers = cls()
+        for line in text.splitlines():
+            key, *values = line.split()
+            if key == "status":
+                answers.statuses[int(values[0])] += int(values[1])
+            elif key == "decision":
+                answers.decisions.append(values[0])
+            elif key == "error":
+                if int(values[1]):
+                    answers.errors[values[0]] += int(values[1])
+            elif key in ("from_sources", "degraded", "requests"):
+                setattr(answers, key, int(values[0]))
+            elif key == "duration_us":
+                answers.duration_s = int(values[0]) / 1e6
+            elif key.endswith("_us"):
+                answers.percentiles_ms[f"{key[:-3]}_ms"] = round(float(values[0]) / 1000, 2)
+        return answers
+
+
+def wrk_requests(templates: Iterable[tuple[str, str]], headers: Mapping[str, str]) -> str:
+    """The request file ``wrk_score.lua`` reads: tab-separated header and body lines."""
+    lines = [f"header\t{name}\t{value}" for name, value in headers.items()]
+    lines += [f"body\t{head}\t{tail}" for head, tail in templates]
+    if any("\n" in line or line.count("\t") != 2 for line in lines):
+        raise ValueError("a header or body holds a tab or a newline")
+    return "\n".join(lines) + "\n"
+
+
+def cpu_list(cpus: Iterable[int]) -> str:
+    """A CPU set as ``taskset -c`` takes it: ``"1"``, ``"0,1"``."""
+    return ",".join(str(cpu) for cpu in sorted(cpus))
+
+
+@dataclass
+class Wrk:
+    """wrk, the C load generator, run to its end on this process's cores."""
+
+    path: str
+    threads: int = 1
+    timeout_s: float = 5.0
+
+    def command(
+        self, url: str, connections: int, seconds: float, requests: Path, prefix: str, out: Path
+    ) -> list[str]:
+        """wrk's command line, pinned with ``taskset`` to the cores this process may use."""
+        return [
+            "taskset",
+            "-c",
+            cpu_list(os.sched_getaffinity(0)),
+            self.path,
+            f"-t{min(self.threads, connections)}",
+            f"-c{connections}",
+            f"-d{max(1, round(seconds))}s",
+            f"--timeout={self.timeout_s:g}s",
+            f"--script={WRK_SCRIPT}",
+            url,
+            "--",
+            str(requests),
+            prefix,
+            str(out),
+        ]
+
+    def run(
+        self, url: str, connections: int, seconds: float, requests: str, prefix: str
+    ) -> tuple[list[str], WrkAnswers, float]:
+        """Run wrk with ``wrk_score.lua`` to its end (blocking): its command, what its
+        script wrote, and its CPU seconds."""
+        with tempfile.TemporaryDirectory(prefix="scoregate-wrk-") as workdir:
+            data, out = Path(workdir, "requests.tsv"), Path(workdir, "answers.txt")
+            data.write_text(requests)
+            command = self.command(url, connections, seconds, data, prefix, out)
+            code, output, cpu_s = run_counted(command)
+            if code != 0 or not out.exists():
+                raise RuntimeError(f"wrk exited {code}: {output[-2000:]}")
+            return command, WrkAnswers.parse(out.read_text()), cpu_s
+
+
+def run_counted(command: list[str]) -> tuple[int, str, float]:
+    """Run a command to its end: its exit code, output, and CPU seconds (its own
+    resource usage, from ``wait4``, so no other child's counts)."""
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as process:
+        assert process.stdout is not None
+        output = process.stdout.read()
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+    return process.returncode, output, usage.ru_utime + usage.ru_stime
+
+
+@dataclass
+class FlameGraph:
+    """py-spy, and the file one saturation round's flame graph of the gateway goes to."""
+
+    py_spy: str
+    out: Path
+    rate: int = 200
+
+    async def start(self, pid: int, seconds: int) -> asyncio.subprocess.Process:
+        """Start sampling ``pid`` (and its children, the workers) for ``seconds``."""
+        return await asyncio.create_subprocess_exec(
+            self.py_spy,
+            "record",
+            "--format",
+            "flamegraph",
+            "-o",
+            str(self.out),
+            "--pid",
+            str(pid),
+            "--subprocesses",
+            "--duration",
+            str(seconds),
+            "--rate",
+            str(self.rate),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
 
 
 @dataclass
@@ -195,11 +391,13 @@ class Bench:
         session: aiohttp.ClientSession,
         meter: CpuMeter,
         backends: tuple[str, set[int]] | None = None,
+        wrk: Wrk | None = None,
     ) -> None:
         self.session = session
         self.meter = meter
         self.backends = backends
         """A database whose PostgreSQL backends are kept on the given cores."""
+        self.wrk = wrk
 
     def _open(self, target: Target) -> Window:
         if self.backends is not None:
@@ -254,14 +452,52 @@ class Bench:
         figures["connections"] = connections
         return figures
 
-    async def _close(self, target: Target, result: PhaseResult, window: Window) -> dict[str, Any]:
+    async def wrk_closed(self, target: Target, connections: int, seconds: float) -> dict[str, Any]:
+        """``connections`` requests in flight at all times, sent by wrk; the figures of
+        ``closed`` and wrk's own CPU (``generator``)."""
+        wrk = self.wrk
+        if wrk is None:
+            raise RuntimeError("no wrk to run")
+        templates = target.traffic.templates(random.Random(connections))
+        headers = {"content-type": "application/json", **target.headers}
+        requests, prefix = wrk_requests(templates, headers), target.traffic.wrk_prefix()
+        window = self._open(target)
+        command, answers, wrk_cpu_s = await asyncio.to_thread(
+            wrk.run, target.url, connections, seconds, requests, prefix
+        )
+        target.traffic.take(answers)
+        result = PhaseResult(name=f"{target.name} wrk", rate=0, seconds=seconds)
+        result.statuses.update(answers.statuses)
+        result.errors.update(answers.errors)
+        result.degraded = answers.degraded
+        result.elapsed_s = answers.duration_s
+        figures = await self._close(target, result, window, answers.percentiles_ms)
+        wall_s = figures["elapsed_s"] or seconds
+        generator = {"cpu_s": round(wrk_cpu_s, 3), "core_share": round(wrk_cpu_s / wall_s, 3)}
+        figures["cpu"]["processes"]["wrk"] = generator
+        # wrk is not among the meter's groups; its share was counted as unattributed.
+        unattributed = figures["cpu"]["unattributed_core_share"] - generator["core_share"]
+        figures["cpu"]["unattributed_core_share"] = round(unattributed, 3)
+        figures["connections"] = connections
+        figures["generator"] = {"command": " ".join(command[:8]), **generator}
+        return figures
+
+    async def _close(
+        self,
+        target: Target,
+        result: PhaseResult,
+        window: Window,
+        percentiles: Mapping[str, float | None] | None = None,
+    ) -> dict[str, Any]:
         """Figures of a finished phase: core shares over the load itself, the server's
-        CPU per request once what the load left behind is drained."""
+        CPU per request once what the load left behind is drained; ``percentiles`` in
+        place of the result's own (a load generator that keeps only those)."""
         loaded, load_s = self.meter.read(), time.perf_counter() - window.started
         if target.drain is not None:
             await target.drain()
         drained = self.meter.read()
         summary = result.summary()
+        summary.update(percentiles or {})
         if target.traffic.collect:
             ok = target.traffic.ok - window.ok
             fetched = target.traffic.from_sources - window.from_sources
@@ -489,10 +725,16 @@ def _median_overhead(rounds: list[dict[str, Any]]) -> dict[str, float | None]:
 
 
 async def capacity(
-    bench: Bench, score: Target, echo: Target | None, settings: Settings
+    bench: Bench,
+    score: Target,
+    echo: Target | None,
+    settings: Settings,
+    flame: tuple[FlameGraph, int] | None = None,
 ) -> dict[str, Any]:
-    """Closed loop at saturation, ``/score`` and the echo alternating, for some rounds;
-    medians of each server's CPU per request and throughput, and of the ratio."""
+    """Closed loop at saturation, ``/score`` and the echo alternating, for some rounds,
+    from this process and (with wrk) from wrk; medians of each server's CPU per request
+    and throughput, and of the ratio. With ``flame`` (py-spy and the gateway's pid), one
+    more ``/score`` round under py-spy, apart from the medians."""
     rounds = []
     for _ in range(settings.rounds):
         pair: dict[str, Any] = {
@@ -501,24 +743,79 @@ async def capacity(
         if echo is not None:
             pair["echo"] = await bench.closed(echo, settings.connections, settings.closed_s)
             pair["capacity_ratio"] = _ratio(pair["echo"], pair["score"])
+        if bench.wrk is not None:
+            pair["wrk_score"] = await bench.wrk_closed(
+                score, settings.connections, settings.closed_s
+            )
+            if echo is not None:
+                pair["wrk_echo"] = await bench.wrk_closed(
+                    echo, settings.connections, settings.closed_s
+                )
+                pair["wrk_capacity_ratio"] = _ratio(pair["wrk_echo"], pair["wrk_score"])
         rounds.append(pair)
         _print_closed(pair)
-
-    def median(key: str, field_: str) -> float | None:
-        values = [r[key][field_] for r in rounds if key in r and r[key][field_] is not None]
-        return round(statistics.median(values), 4) if values else None
-
-    ratios = [r["capacity_ratio"] for r in rounds if r.get("capacity_ratio") is not None]
-    return {
+    results: dict[str, Any] = {
         "connections": settings.connections,
         "rounds": rounds,
-        "median": {
-            "score_per_s": median("score", "achieved_per_s"),
-            "score_cpu_ms_per_request": median("score", "server_cpu_ms_per_request"),
-            "echo_per_s": median("echo", "achieved_per_s"),
-            "echo_cpu_ms_per_request": median("echo", "server_cpu_ms_per_request"),
-            "capacity_ratio": round(statistics.median(ratios), 3) if ratios else None,
-        },
+        "median": closed_medians(rounds),
+    }
+    if flame is not None:
+        results["profiled_round"] = await profiled_round(bench, score, settings, *flame)
+    return results
+
+
+def closed_medians(rounds: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Per load generator and server: the medians over rounds of requests per second
+    and CPU per request, of the capacity ratio, and of wrk's own core share."""
+
+    def median(values: Iterable[float | None], digits: int = 4) -> float | None:
+        present = [v for v in values if v is not None]
+        return round(statistics.median(present), digits) if present else None
+
+    def of(key: str, field_: str) -> float | None:
+        return median(r[key][field_] for r in rounds if key in r)
+
+    medians: dict[str, float | None] = {}
+    wrk_rounds = [r[k] for r in rounds for k in ("wrk_score", "wrk_echo") if k in r]
+    for generator in ("", "wrk_"):
+        if not any(f"{generator}score" in r for r in rounds):
+            continue
+        for server in ("score", "echo"):
+            key = f"{generator}{server}"
+            medians[f"{key}_per_s"] = of(key, "achieved_per_s")
+            medians[f"{key}_cpu_ms_per_request"] = of(key, "server_cpu_ms_per_request")
+        ratios = (r.get(f"{generator}capacity_ratio") for r in rounds)
+        medians[f"{generator}capacity_ratio"] = median(ratios, 3)
+    if wrk_rounds:
+        shares = (figures["generator"]["core_share"] for figures in wrk_rounds)
+        medians["wrk_generator_core_share"] = median(shares, 3)
+    return medians
+
+
+async def profiled_round(
+    bench: Bench, score: Target, settings: Settings, flame: FlameGraph, pid: int
+) -> dict[str, Any]:
+    """One more ``/score`` saturation round (by wrk when there is one) with py-spy
+    sampling the gateway for all but its last second: the flame graph. py-spy stops
+    the gateway at every sample, so the round's figures say what profiling cost, not
+    what ``/score`` does."""
+    seconds = max(2, round(settings.closed_s))
+    print(f"profiled round: py-spy on the gateway (pid {pid}) for {seconds - 1} s", flush=True)
+    recorder = await flame.start(pid, seconds - 1)
+    try:
+        if bench.wrk is not None:
+            figures = await bench.wrk_closed(score, settings.connections, seconds)
+        else:
+            figures = await bench.closed(score, settings.connections, seconds)
+    finally:
+        output, _ = await recorder.communicate()
+    made = recorder.returncode == 0 and flame.out.exists()
+    text = output.decode(errors="replace").strip()
+    print(f"  flame graph {flame.out if made else 'not written'}: {text[-300:]}", flush=True)
+    return {
+        "flame_graph": str(flame.out) if made else None,
+        "py_spy": {"rate_per_s": flame.rate, "exit": recorder.returncode, "output": text[-2000:]},
+        "score": figures,
     }
 
 
@@ -535,14 +832,16 @@ async def _record_text(stack: StackInfo) -> str:
     return text or json.dumps({"padding": "x" * 6000})
 
 
-async def integrity(stack: StackInfo, traffic: ScoreTraffic, settings: Settings) -> dict[str, Any]:
+async def integrity(
+    stack: StackInfo, traffic: ScoreTraffic, drain_limit_s: float
+) -> dict[str, Any]:
     """Audit rows, events and duplicates for every decision of this stack's run."""
-    delivered = await wait_delivered(stack.database_url, settings.drain_limit_s)
+    delivered = await wait_delivered(stack.database_url, drain_limit_s)
     committed = await committed_decisions(stack.database_url, stack.caller, traffic.prefix)
     counts = await audit_counts(stack.database_url, traffic.answered)
     events = await topic_counts(stack.kafka_bootstrap, stack.topic, committed)
     missing = len(traffic.answered - set(committed))
-    report = {
+    report: dict[str, Any] = {
         "answers_200": traffic.ok,
         "distinct_decision_ids_answered": len(traffic.answered),
         "audit_rows": len(committed),
@@ -665,15 +964,13 @@ async def measure_stack(
     settings: Settings,
     run: str,
     results: dict[str, Any],
+    flame: FlameGraph | None = None,
 ) -> None:
     """Warm up, sweep, closed loop, overhead (with the echo), then integrity, for one
-    stack; each step's figures go into ``results`` as soon as they exist."""
-    backends = (stack.database, stack.backend_cpus) if stack.backend_cpus else None
-    bench = Bench(session, meter_for(stack, echo[1] if echo else None), backends)
-    traffic = ScoreTraffic(f"bench-{run}-", settings.customers)
-    score = Target("/score", f"{stack.url}/score", "gateway", stack.headers, traffic)
-    score.drain = lambda: wait_delivered(stack.database_url, settings.drain_limit_s)
-    score.recover = lambda: recover(session, stack, score, settings.drain_limit_s)
+    stack; each step's figures go into ``results`` as soon as they exist. With
+    ``flame``, the closed-loop step ends with a profiled round."""
+    bench, score = bench_for(session, stack, echo[1] if echo else None, settings, run)
+    traffic = score.traffic
     baseline = None
     if echo is not None:
         echo_traffic = ScoreTraffic(f"echo-{run}-", settings.customers, collect=False)
@@ -684,26 +981,49 @@ async def measure_stack(
         if baseline is not None:
             await bench.rate(baseline, settings.moderate_rate, settings.warmup_s)
         results["sweep"] = await sweep(bench, score, baseline, settings)
-        results["closed_loop"] = await capacity(bench, score, baseline, settings)
+        profile = (flame, stack.gateway_pid) if flame and stack.gateway_pid else None
+        results["closed_loop"] = await capacity(bench, score, baseline, settings, profile)
         if baseline is not None:
             results["overhead"] = await overhead(bench, score, stack, settings)
     finally:
-        results["integrity"] = await integrity(stack, traffic, settings)
+        results["integrity"] = await integrity(stack, traffic, settings.drain_limit_s)
         print("integrity: " + json.dumps(results["integrity"]), flush=True)
 
 
+def bench_for(
+    session: aiohttp.ClientSession,
+    stack: StackInfo,
+    echo_pid: int | None,
+    settings: Settings,
+    run: str,
+) -> tuple[Bench, Target]:
+    """A bench on ``stack`` (the echo's CPU metered too, when given) and its ``/score``
+    target, whose traffic's request ids start ``bench-<run>-``."""
+    backends = (stack.database, stack.backend_cpus) if stack.backend_cpus else None
+    wrk = Wrk(settings.wrk, settings.wrk_threads) if settings.wrk else None
+    bench = Bench(session, meter_for(stack, echo_pid), backends, wrk)
+    traffic = ScoreTraffic(f"bench-{run}-", settings.customers)
+    score = Target("/score", f"{stack.url}/score", "gateway", stack.headers, traffic)
+    score.drain = lambda: wait_delivered(stack.database_url, settings.drain_limit_s)
+    score.recover = lambda: recover(session, stack, score, settings.drain_limit_s)
+    return bench, score
+
+
 def _print_closed(closed: dict[str, Any]) -> None:
-    for name in ("score", "echo"):
+    for name in ("score", "echo", "wrk_score", "wrk_echo"):
         if name in closed:
             f = closed[name]
+            generator = f.get("generator", {}).get("core_share")
             print(
-                f"closed loop {name:<6} {f['achieved_per_s']}/s with {f['connections']}"
-                f" connections, p50 {f['p50_ms']} ms, cpu {f['server_cpu_ms_per_request']}"
-                " ms/req",
+                f"closed loop {name:<9} {f['achieved_per_s']}/s with {f['connections']}"
+                f" connections, p50 {f['p50_ms']} ms, p99 {f['p99_ms']} ms,"
+                f" errors {f['error_rate']}, cpu {f['server_cpu_ms_per_request']} ms/req"
+                + (f", wrk {generator} core" if generator is not None else ""),
                 flush=True,
             )
-    if "capacity_ratio" in closed:
-        print(f"  capacity ratio: {closed['capacity_ratio']}", flush=True)
+    for key in ("capacity_ratio", "wrk_capacity_ratio"):
+        if key in closed:
+            print(f"  {key.replace('_', ' ')}: {closed[key]}", flush=True)
 
 
 def _print_overhead(rate: float, result: dict[str, Any]) -> None:
@@ -767,24 +1087,17 @@ async def fresh_database(url: str) -> None:
         await conn.close()
 
 
-async def run_dev_stack(
-    session: aiohttp.ClientSession,
-    settings: Settings,
-    run: str,
-    workers: int,
-    gateway_cpus: str | None,
-    echo: tuple[str, int] | None,
-) -> dict[str, Any]:
-    """Start the stack, seed it, measure it, stop it; a failure is kept in the results."""
+@contextlib.asynccontextmanager
+async def dev_stack(
+    session: aiohttp.ClientSession, customers: int, workers: int, gateway_cpus: str | None
+) -> AsyncIterator[tuple[DevStack, StackInfo]]:
+    """The dev stack started, seeded and described; stopped on the way out."""
     stack = DevStack(
-        port=free_port(), customers=settings.customers, workers=workers, gateway_cpus=gateway_cpus
+        port=free_port(), customers=customers, workers=workers, gateway_cpus=gateway_cpus
     )
     print(f"starting the stack: {workers} worker(s), gateway cpus {gateway_cpus or 'any'}")
-    results: dict[str, Any] = {"workers": workers}
     try:
         await stack.start()
-        results["gateway_cpus"] = allowed_cpus(stack.gateway_pid) if stack.gateway_pid else None
-        results["logs"] = str(stack.logs)
         seeded = await stack.seed()
         print(f"seeded {seeded} entities; logs in {stack.logs}", flush=True)
         broker = stack.env["SCOREGATE_KAFKA_BOOTSTRAP"].rsplit(":", 1)[1]
@@ -800,35 +1113,69 @@ async def run_dev_stack(
             # PostgreSQL and Redis are the machine's own servers and stay where they are;
             # only the backends serving the run's database join the other cores.
             info.backend_cpus = os.sched_getaffinity(0)
-        await measure_stack(session, info, echo, settings, f"{run}w{workers}", results)
+        yield stack, info
+    finally:
+        await stack.stop()
+
+
+async def run_dev_stack(
+    session: aiohttp.ClientSession,
+    settings: Settings,
+    run: str,
+    workers: int,
+    gateway_cpus: str | None,
+    echo: tuple[str, int] | None,
+    flame: FlameGraph | None = None,
+) -> dict[str, Any]:
+    """Start the stack, seed it, measure it, stop it; a failure is kept in the results."""
+    results: dict[str, Any] = {"workers": workers}
+    try:
+        async with dev_stack(session, settings.customers, workers, gateway_cpus) as (stack, info):
+            results["gateway_cpus"] = allowed_cpus(stack.gateway_pid) if stack.gateway_pid else None
+            results["logs"] = str(stack.logs)
+            run_id = f"{run}w{workers}"
+            await measure_stack(session, info, echo, settings, run_id, results, flame)
     except Exception:  # keep what was measured and say what broke
         results["error"] = traceback.format_exc()
         print(results["error"], file=sys.stderr, flush=True)
-    finally:
-        await stack.stop()
     return results
 
 
-async def own_stack(args: argparse.Namespace, settings: Settings, run: str) -> dict[str, Any]:
-    """Both stacks (one pinned worker, then two workers), the echo beside the first."""
-    database_url = args.database_url or DATABASE
+async def own_environment(database_url: str, redis_prefix: str) -> None:
+    """Point the stack to be started at a fresh database and a key prefix of its own."""
     os.environ["SCOREGATE_DATABASE_URL"] = database_url
-    os.environ["SCOREGATE_REDIS_PREFIX"] = f"bench-{run}"
+    os.environ["SCOREGATE_REDIS_PREFIX"] = redis_prefix
     os.environ.setdefault("SCOREGATE_PII_KEY", uuid.uuid4().hex)
     await fresh_database(database_url)
+
+
+def pin_apart(gateway_cpu: int, no_pin: bool) -> str | None:
+    """Move this process, and so every child it starts from now on, off the gateway's
+    core; the gateway's CPU list for ``taskset``, or None when nothing is pinned (asked
+    not to, or a single core). The caller restores the affinity it had."""
     everything = os.sched_getaffinity(0)
-    pin = len(everything) >= 2 and not args.no_pin
-    gateway_cpu = str(args.gateway_cpu) if pin else None
-    if pin:
-        # Children inherit this: the sources, model server and broker share the other cores.
-        os.sched_setaffinity(0, everything - {args.gateway_cpu})
+    if no_pin or len(everything) < 2:
+        return None
+    os.sched_setaffinity(0, everything - {gateway_cpu})
+    return str(gateway_cpu)
+
+
+async def own_stack(
+    args: argparse.Namespace, settings: Settings, run: str, flame: FlameGraph | None
+) -> dict[str, Any]:
+    """Both stacks (one pinned worker, then two workers), the echo beside the first."""
+    await own_environment(args.database_url or DATABASE, f"bench-{run}")
+    everything = os.sched_getaffinity(0)
+    # Children inherit this: the sources, model server and broker share the other cores.
+    gateway_cpu = pin_apart(args.gateway_cpu, args.no_pin)
+    pin = gateway_cpu is not None
     echo_process, echo_url = await start_echo(gateway_cpu)
     connector = aiohttp.TCPConnector(limit=2048)
     results: dict[str, Any] = {"pinned": pin, "gateway_cpu": gateway_cpu}
     try:
         async with aiohttp.ClientSession(connector=connector) as session:
             results["one_worker"] = await run_dev_stack(
-                session, settings, run, 1, gateway_cpu, (echo_url, echo_process.pid)
+                session, settings, run, 1, gateway_cpu, (echo_url, echo_process.pid), flame
             )
             if not args.skip_scaling:
                 os.sched_setaffinity(0, everything)
@@ -852,7 +1199,9 @@ async def drop_keys(prefix: str) -> None:
         await client.aclose()
 
 
-async def running_stack(args: argparse.Namespace, settings: Settings, run: str) -> dict[str, Any]:
+async def running_stack(
+    args: argparse.Namespace, settings: Settings, run: str, flame: FlameGraph | None
+) -> dict[str, Any]:
     """A stack someone else started: one measurement, the echo on the gateway's cores."""
     keys = parse_dev_keys(args.keys or os.environ.get("SCOREGATE_DEV_KEYS", ""))
     scorer = keys.get("scorer") or os.environ.get("SCOREGATE_SCORER_KEY")
@@ -871,7 +1220,8 @@ async def running_stack(args: argparse.Namespace, settings: Settings, run: str) 
     try:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=2048)) as session:
             info = await stack_info(session, args.url.rstrip("/"), scorer, env, gateway_pid, {})
-            await measure_stack(session, info, (echo_url, echo_process.pid), settings, run, results)
+            echo = (echo_url, echo_process.pid)
+            await measure_stack(session, info, echo, settings, run, results, flame)
     except Exception:  # keep what was measured and say what broke
         results["error"] = traceback.format_exc()
         print(results["error"], file=sys.stderr, flush=True)
@@ -898,6 +1248,13 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
         "echo_cpu_ms_per_request": echo_cpu,
         "score_per_s_per_core": round(1000 / score_cpu) if score_cpu else None,
         "echo_per_s_per_core": round(1000 / echo_cpu) if echo_cpu else None,
+        "wrk_capacity_ratio_at_saturation": closed.get("wrk_capacity_ratio"),
+        "wrk_score_per_s": closed.get("wrk_score_per_s"),
+        "wrk_score_cpu_ms_per_request": closed.get("wrk_score_cpu_ms_per_request"),
+        "wrk_echo_per_s": closed.get("wrk_echo_per_s"),
+        "wrk_echo_cpu_ms_per_request": closed.get("wrk_echo_cpu_ms_per_request"),
+        "wrk_generator_core_share": closed.get("wrk_generator_core_share"),
+        "flame_graph": one.get("closed_loop", {}).get("profiled_round", {}).get("flame_graph"),
         "capacity_ratio_per_rate": {f"{r['rate_per_s']:g}": r["capacity_ratio"] for r in rows},
         "own_overhead_ms": one.get("overhead", {}).get("median", {}).get("own_overhead_ms"),
         "own_overhead_ms_per_round": [
@@ -912,7 +1269,12 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
         figures["two_workers"] = _capacity(two)
         figures["scaling_two_over_one"] = {
             key: _share(figures["two_workers"], figures["one_worker"], key)
-            for key in ("sustained_per_s", "closed_loop_median_per_s", "peak_per_s")
+            for key in (
+                "sustained_per_s",
+                "closed_loop_median_per_s",
+                "wrk_median_per_s",
+                "peak_per_s",
+            )
         }
     errors = [k for k in ("one_worker", "two_workers") if "error" in results.get(k, {})]
     if errors:
@@ -931,10 +1293,12 @@ def _capacity(results: dict[str, Any]) -> dict[str, Any] | None:
 
     ``sustained_per_s``: the highest open-loop rate served without saturating (p99
     within the deadline, under 1% errors); ``closed_loop_median_per_s``: the median of
-    the closed-loop rounds; ``peak_per_s``: the most any phase achieved.
+    the closed-loop rounds from this process, ``wrk_median_per_s`` from wrk;
+    ``peak_per_s``: the most any phase achieved (the profiled round aside).
     """
     rounds = results.get("closed_loop", {}).get("rounds", [])
     phases = [(f"closed loop {i + 1}", r["score"]) for i, r in enumerate(rounds)]
+    phases += [(f"wrk {i + 1}", r["wrk_score"]) for i, r in enumerate(rounds) if "wrk_score" in r]
     sweep = results.get("sweep", [])
     phases += [(f"{r['rate_per_s']:g}/s", r["score"]) for r in sweep]
     if not phases:
@@ -945,6 +1309,9 @@ def _capacity(results: dict[str, Any]) -> dict[str, Any] | None:
     return {
         "sustained_per_s": max(sustained) if sustained else None,
         "closed_loop_median_per_s": results["closed_loop"]["median"]["score_per_s"]
+        if rounds
+        else None,
+        "wrk_median_per_s": results["closed_loop"]["median"].get("wrk_score_per_s")
         if rounds
         else None,
         "peak_per_s": best["achieved_per_s"],
@@ -1087,12 +1454,19 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--url", help="measure the gateway running at this URL instead")
     parser.add_argument("--keys", help="with --url: scorer=KEY[,...] (SCOREGATE_DEV_KEYS)")
     parser.add_argument("--gateway-pid", type=int, help="with --url: the gateway's pid")
+    parser.add_argument("--wrk", help="wrk's path (default: wrk on PATH)")
+    parser.add_argument("--wrk-threads", type=int, default=1, help="wrk's threads (default 1)")
+    parser.add_argument("--no-wrk", action="store_true", help="no wrk phases")
+    parser.add_argument(
+        "--py-spy", help=f"py-spy's path (default: py-spy on PATH, else {SPY_VENV})"
+    )
+    parser.add_argument("--no-flame-graph", action="store_true", help="no profiled round")
     return parser
 
 
 def code_version() -> dict[str, Any]:
-    """The commit measured, and the gateway's files that differ from it (the gateway
-    runs from the work tree as it is when its stack starts)."""
+    """The commit measured, and the gateway's and the sample stack's files that differ
+    from it (the stack runs from the work tree as it is when it starts)."""
 
     def git(*args: str) -> str:
         done = subprocess.run(["git", *args], capture_output=True, text=True, cwd=HERE)
@@ -1101,7 +1475,7 @@ def code_version() -> dict[str, Any]:
     return {
         "commit": git("rev-parse", "HEAD"),
         "uncommitted": git(
-            "status", "--porcelain", "--", "contracts", "gateway", "writeback"
+            "status", "--porcelain", "--", "contracts", "gateway", "writeback", "sample"
         ).splitlines(),
     }
 
@@ -1114,15 +1488,24 @@ async def main(code: dict[str, Any]) -> None:
         settings.customers = 200  # what `scoregate dev` seeds
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run = uuid.uuid4().hex[:6]
+    flame = None
+    if not args.no_flame_graph and (py_spy := find_tool(args.py_spy, "py-spy", SPY_VENV)):
+        RESULTS.mkdir(exist_ok=True)
+        flame = FlameGraph(py_spy, RESULTS / f"benchmark-{stamp}-score.svg")
+    load_before = os.getloadavg()
     started = time.perf_counter()
     if args.url:
-        results = await running_stack(args, settings, run)
+        results = await running_stack(args, settings, run, flame)
     else:
-        results = await own_stack(args, settings, run)
-    report = {
+        results = await own_stack(args, settings, run, flame)
+    report: dict[str, Any] = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "code": code,
-        "machine": {"cpus": os.cpu_count(), "loadavg_after": os.getloadavg()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "loadavg_before": load_before,
+            "loadavg_after": os.getloadavg(),
+        },
         "settings": settings.__dict__,
         "wall_s": round(time.perf_counter() - started, 1),
         "headline": {},
@@ -1131,7 +1514,10 @@ async def main(code: dict[str, Any]) -> None:
     report["headline"] = headline(results)
     out, chart = write_outputs(report, stamp)
     print_summary(report)
+    print(f"load average before {load_before}, after {report['machine']['loadavg_after']}")
     print(f"\nwritten {out}\nchart   {chart}")
+    if report["headline"]["flame_graph"]:
+        print(f"flame   {report['headline']['flame_graph']}")
 
 
 if __name__ == "__main__":
