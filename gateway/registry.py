@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -24,6 +24,7 @@ from contracts.registry import (
     Stream,
     TableMapping,
 )
+from contracts.scoring import ModelRef
 
 _Named = TypeVar("_Named", Entity, Source, Feature, Model, Stream)
 
@@ -37,24 +38,54 @@ class RegistryError(Exception):
         self.path = path
 
 
+Coercer = Callable[[object], FeatureScalar]
+"""Returns a value as one dtype or raises ``TypeError``."""
+
+
+def _refused(value: object, dtype: DType) -> TypeError:
+    return TypeError(f"expected {dtype}, got {type(value).__name__}")
+
+
+def _int64(value: object) -> FeatureScalar:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise _refused(value, "int64")
+
+
+def _float64(value: object) -> FeatureScalar:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    raise _refused(value, "float64")
+
+
+def _bool(value: object) -> FeatureScalar:
+    if isinstance(value, bool):
+        return value
+    raise _refused(value, "bool")
+
+
+def _string(value: object) -> FeatureScalar:
+    if isinstance(value, str):
+        return value
+    raise _refused(value, "string")
+
+
+COERCERS: dict[DType, Coercer] = {
+    "int64": _int64,
+    "float64": _float64,
+    "bool": _bool,
+    "string": _string,
+}
+"""The coercer of each dtype (:func:`coerce` without the dispatch on the dtype)."""
+
+
 def coerce(value: object, dtype: DType) -> FeatureScalar:
     """Return ``value`` as ``dtype`` or raise ``TypeError``.
 
     Integers are accepted where floats are declared (JSON does not tell ``1`` from
     ``1.0``); nothing else converts.
     """
-    if dtype == "int64":
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif dtype == "float64":
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-    elif dtype == "bool":
-        if isinstance(value, bool):
-            return value
-    elif isinstance(value, str):
-        return value
-    raise TypeError(f"expected {dtype}, got {type(value).__name__}")
+    return COERCERS[dtype](value)
 
 
 # Control characters (C0, DEL, C1) have no business in an id, a key or a lineage
@@ -97,6 +128,21 @@ class EntityIds:
 
 
 @dataclass(frozen=True, slots=True)
+class EntityKey:
+    """One entity key a model's requests must carry, and the ids it admits.
+
+    Attributes:
+        key: the key requests send the id under (``customer_id``).
+        entity: the entity's name (``customer``).
+        ids: the ids the entity admits.
+    """
+
+    key: str
+    entity: str
+    ids: EntityIds
+
+
+@dataclass(frozen=True, slots=True)
 class ModelPlan:
     """What scoring one model needs, worked out once at start-up.
 
@@ -108,6 +154,12 @@ class ModelPlan:
         vector: names of the whole input vector: stored features, then context.
         pii: names in the vector classified ``pii``.
         published: names whose values travel in outcome events.
+        entity_keys: per entity key a request must carry, its entity and ids, in the
+            order of ``entities``.
+        context: per context feature, in declared order, the coercer of its dtype.
+        reads: per entity, the names of its stored features in vector order (one
+            online-store read each).
+        model_ref: the model's name and version as records and events carry them.
     """
 
     model: Model
@@ -117,6 +169,10 @@ class ModelPlan:
     vector: tuple[str, ...]
     pii: frozenset[str]
     published: tuple[str, ...]
+    entity_keys: Mapping[str, EntityKey]
+    context: Mapping[str, Coercer]
+    reads: tuple[tuple[str, tuple[str, ...]], ...]
+    model_ref: ModelRef
 
 
 @dataclass(frozen=True)
@@ -181,7 +237,7 @@ def parse_registry(data: bytes, origin: str = "<registry>") -> Registry:
                     f"{at}.path",
                 )
     plans = {
-        model.name: checker.model(model, f"$.models[{i}]", entities, features)
+        model.name: checker.model(model, f"$.models[{i}]", entities, features, ids)
         for i, model in enumerate(spec.models)
     }
     streams = checker.streams(spec.streams, entities, features)
@@ -255,6 +311,7 @@ class _Checker:
         at: str,
         entities: dict[str, Entity],
         features: dict[str, Feature],
+        ids: Mapping[str, EntityIds],
     ) -> ModelPlan:
         subject = entities.get(model.subject)
         if subject is None:
@@ -274,7 +331,8 @@ class _Checker:
         if model.input.layout == "tensor" and "string" in dtypes:
             self.fail("a tensor input cannot carry string features", f"{at}.input.layout")
         self.batching(model, at)
-        needed = [subject] + [entities[f.entity] for f in stored]
+        # Subject first, then each entity once, in the order features name them.
+        needed = tuple(dict.fromkeys([subject] + [entities[f.entity] for f in stored]))
         specs: list[Feature | ContextFeature] = [*stored, *model.context]
         published = [
             spec.name
@@ -282,14 +340,21 @@ class _Checker:
             if (spec.include_in_events is not False)
             and (spec.include_in_events or spec.classification != "pii")
         ]
+        reads: dict[str, list[str]] = {}
+        for feature in stored:
+            reads.setdefault(feature.entity, []).append(feature.name)
         return ModelPlan(
             model=model,
             subject=subject,
-            entities=tuple(dict.fromkeys(needed)),
+            entities=needed,
             features=tuple(stored),
             vector=tuple([f.name for f in stored] + [c.name for c in model.context]),
             pii=frozenset(spec.name for spec in specs if spec.classification == "pii"),
             published=tuple(published),
+            entity_keys={e.key: EntityKey(e.key, e.name, ids[e.name]) for e in needed},
+            context={c.name: COERCERS[c.dtype] for c in model.context},
+            reads=tuple((entity, tuple(names)) for entity, names in reads.items()),
+            model_ref=ModelRef(name=model.name, version=model.version),
         )
 
     def batching(self, model: Model, at: str) -> None:

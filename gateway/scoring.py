@@ -40,14 +40,14 @@ from contracts.decisions import DecisionRecord, StageTimings, Subject
 from contracts.events import DecisionMade
 from contracts.features import FeatureScalar
 from contracts.registry import DecisionPolicy
-from contracts.scoring import ModelRef, ScoreRequest, ScoreResponse
+from contracts.scoring import ScoreRequest, ScoreResponse
 from gateway.deadline import Deadline
 from gateway.errors import BadRequest, Conflict, GatewayError, Unavailable, Unprocessable
 from gateway.features.assembler import FeatureAssembler
 from gateway.ids import new_decision_id
 from gateway.model_client import ModelClient
 from gateway.observability import current_trace_id, observe_features, stage
-from gateway.registry import CONTROL_CHARACTER, ModelPlan, Registry, coerce
+from gateway.registry import CONTROL_CHARACTER, ModelPlan, Registry
 from writeback import AuditStore, AuditUnavailable, RecordRefused, RequestMismatch
 
 _canonical = msgspec.json.Encoder()
@@ -309,8 +309,9 @@ class Scorer:
             raise BadRequest(f"unknown model {request.model!r}", field="model")
         return plan
 
-    def _entity_ids(self, plan: ModelPlan, entities: Mapping[str, str]) -> dict[str, str]:
-        wanted = {entity.key: entity.name for entity in plan.entities}
+    @staticmethod
+    def _entity_ids(plan: ModelPlan, entities: Mapping[str, str]) -> dict[str, str]:
+        wanted = plan.entity_keys
         for key in entities:
             if key not in wanted:
                 raise BadRequest(
@@ -319,18 +320,19 @@ class Scorer:
                 )
         ids = {}
         for key, entity in wanted.items():
-            if key not in entities:
+            entity_id = entities.get(key)
+            if entity_id is None:
                 raise BadRequest(f"missing entity key {key!r}", field=f"entities.{key}")
             # Ids go into source URLs and store keys: only ids the entity admits.
-            problem = self._registry.ids[entity].problem(entities[key])
+            problem = entity.ids.problem(entity_id)
             if problem is not None:
                 raise BadRequest(problem, field=f"entities.{key}")
-            ids[entity] = entities[key]
+            ids[entity.entity] = entity_id
         return ids
 
     @staticmethod
     def _context(plan: ModelPlan, context: Mapping[str, FeatureScalar]) -> dict[str, FeatureScalar]:
-        declared = {c.name: c for c in plan.model.context}
+        declared = plan.context
         for name in context:
             if name not in declared:
                 raise BadRequest(
@@ -338,11 +340,11 @@ class Scorer:
                     field=f"context.{name}",
                 )
         values = {}
-        for name, spec in declared.items():
+        for name, coerce in declared.items():
             if name not in context:
                 raise BadRequest(f"missing context feature {name!r}", field=f"context.{name}")
             try:
-                value = coerce(context[name], spec.dtype)
+                value = coerce(context[name])
             except TypeError as exc:
                 raise BadRequest(f"context.{name}: {exc}", field=f"context.{name}") from exc
             if isinstance(value, str) and "\x00" in value:
@@ -489,7 +491,7 @@ class Scorer:
         subject = Subject(
             entity=plan.subject.name, key=plan.subject.key, id=entity_ids[plan.subject.name]
         )
-        model_ref = ModelRef(name=model.name, version=model.version)
+        model_ref = plan.model_ref
         record = DecisionRecord(
             decision_id=decision_id,
             request_id=request.request_id or decision_id,

@@ -82,6 +82,11 @@ class FeatureAssembler:
         self._store = store
         self._sources = sources
         self._writes: dict[_WriteKey, asyncio.Task[None]] = {}
+        # What stands for the entity's id in each sourced feature's path: "{customer_id}".
+        self._placeholders = {
+            feature.name: f"{{{registry.entities[feature.entity].key}}}"
+            for feature in registry.features.values()
+        }
 
     async def assemble(
         self,
@@ -102,8 +107,7 @@ class FeatureAssembler:
             if current is not None and now_ms - current.event_time_ms <= feature.max_staleness_ms:
                 self._serve_stored(assembly, feature, current, entity_ids, now_ms, "fresh")
             elif feature.source is not None and feature.path is not None:
-                entity = self._registry.entities[feature.entity]
-                placeholder = f"{{{entity.key}}}"
+                placeholder = self._placeholders[feature.name]
                 path = feature.path.replace(placeholder, path_value(entity_ids[feature.entity]))
                 to_fetch[(feature.source, feature.entity, path)].append(feature)
             else:
@@ -114,13 +118,14 @@ class FeatureAssembler:
             started = time.perf_counter()
             await self._fetch_all(assembly, to_fetch, stored, entity_ids, deadline, now_ms)
             assembly.sources_ms = (time.perf_counter() - started) * 1000
-
-        # Serve in vector order whatever order the stages filled them in.
-        values = {f.name: assembly.values[f.name] for f in plan.features}
+            # Serve in vector order whatever order the stages filled them in (without
+            # fetches, the loop above filled them in that order).
+            values = assembly.values
+            assembly.values = {f.name: values[f.name] for f in plan.features}
+            lineage = assembly.lineage
+            assembly.lineage = {n: lineage[n] for n in assembly.values if n in lineage}
         for name, value in context.items():
-            values[name] = FeatureValue(value=value, status="request", source="request")
-        assembly.values = values
-        assembly.lineage = {n: assembly.lineage[n] for n in values if n in assembly.lineage}
+            assembly.values[name] = FeatureValue(value=value, status="request", source="request")
         return assembly
 
     async def _read_store(
@@ -130,10 +135,7 @@ class FeatureAssembler:
         deadline: Deadline,
         assembly: Assembly,
     ) -> dict[str, StoredValue]:
-        by_entity: dict[str, list[str]] = defaultdict(list)
-        for feature in plan.features:
-            by_entity[feature.entity].append(feature.name)
-        reads = [(entity, entity_ids[entity], names) for entity, names in by_entity.items()]
+        reads = [(entity, entity_ids[entity], names) for entity, names in plan.reads]
         started = time.perf_counter()
         try:
             with stage("online_store read"):

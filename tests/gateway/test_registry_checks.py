@@ -9,7 +9,8 @@ from __future__ import annotations
 import pytest
 
 from contracts.registry import Entity
-from gateway.registry import EntityIds, RegistryError, coerce, parse_registry
+from contracts.scoring import ModelRef
+from gateway.registry import COERCERS, EntityIds, RegistryError, coerce, parse_registry
 
 GOOD = """
 [[entities]]
@@ -83,6 +84,28 @@ def test_a_plan_lists_subject_first_and_splits_pii_from_what_is_published() -> N
     assert plan.pii == frozenset({"email", "merchant_risk", "phone"})
     # pii stays out of events unless it opts in; include_in_events = false opts out.
     assert plan.published == ("merchant_risk", "kyc_level", "amount")
+
+
+def test_a_plan_holds_what_each_request_would_otherwise_work_out() -> None:
+    registry = parse_registry(GOOD.encode())
+    plan = registry.plans["m"]
+    # Entity keys as requests send them, subject first, with each entity's id rule.
+    assert [(k, e.key, e.entity) for k, e in plan.entity_keys.items()] == [
+        ("customer_id", "customer_id", "customer"),
+        ("merchant_id", "merchant_id", "merchant"),
+    ]
+    assert plan.entity_keys["merchant_id"].ids is registry.ids["merchant"]
+    # Context in declared order, each with its dtype's coercer.
+    assert list(plan.context.items()) == [
+        ("amount", COERCERS["float64"]),
+        ("phone", COERCERS["string"]),
+    ]
+    # One online-store read per entity, its features in vector order.
+    assert plan.reads == (
+        ("merchant", ("merchant_risk",)),
+        ("customer", ("kyc_level", "email", "segment")),
+    )
+    assert plan.model_ref == ModelRef(name="m", version="1")
 
 
 def test_the_digest_names_the_exact_bytes() -> None:
