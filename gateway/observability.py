@@ -142,23 +142,47 @@ def record_stage(name: str, start_ns: int, end_ns: int | None = None) -> None:
     span.end(end_time=end_ns or time.time_ns())
 
 
-def observe_features(values: Mapping[str, FeatureValue]) -> None:
-    """Count the served values and their staleness, per feature."""
-    for name, value in values.items():
-        if value.status == "request":
-            continue
-        staleness = value.staleness_ms
-        within = (
-            staleness is not None
-            and value.max_staleness_ms is not None
-            and staleness <= value.max_staleness_ms
-        )
-        SERVED.labels(name, value.status, "true" if within else "false").inc()
-        if staleness is not None:
-            STALENESS_SECONDS.labels(name).observe(staleness / 1000)
-        if value.status != "fresh":
-            outcome = "fetched" if value.status == "fallback" else value.status
-            FALLBACKS.labels(name, value.source, outcome).inc()
+class FeatureMetrics:
+    """Counts served values and their staleness, per feature.
+
+    ``labels(...)`` resolves its child on every call (a lock, a tuple, a dict); each
+    child is resolved here once and kept. The label values are feature names, statuses
+    and sources, all bounded by the registry, so the children kept are too.
+    """
+
+    def __init__(self) -> None:
+        self._served: dict[tuple[str, str, bool], Counter] = {}
+        self._staleness: dict[str, Histogram] = {}
+        self._fallbacks: dict[tuple[str, str, str], Counter] = {}
+
+    def observe(self, values: Mapping[str, FeatureValue]) -> None:
+        """Count the served values (request-time context is not served) and their staleness."""
+        for name, value in values.items():
+            status = value.status
+            if status == "request":
+                continue
+            staleness = value.staleness_ms
+            within = (
+                staleness is not None
+                and value.max_staleness_ms is not None
+                and staleness <= value.max_staleness_ms
+            )
+            served = self._served.get((name, status, within))
+            if served is None:
+                served = SERVED.labels(name, status, "true" if within else "false")
+                self._served[(name, status, within)] = served
+            served.inc()
+            if staleness is not None:
+                histogram = self._staleness.get(name)
+                if histogram is None:
+                    histogram = self._staleness[name] = STALENESS_SECONDS.labels(name)
+                histogram.observe(staleness / 1000)
+            if status != "fresh":
+                key = (name, value.source, "fetched" if status == "fallback" else status)
+                fallbacks = self._fallbacks.get(key)
+                if fallbacks is None:
+                    fallbacks = self._fallbacks[key] = FALLBACKS.labels(*key)
+                fallbacks.inc()
 
 
 def observe_breakers(states: Iterable[tuple[str, str]]) -> None:
@@ -175,6 +199,11 @@ class TracingMiddleware:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        # Per route handler its route template, and per label set its histogram child:
+        # both bounded (the app's routes, fixed methods and status classes, the
+        # registry's models), so resolved once each rather than on every request.
+        self._routes: dict[object, str] = {}
+        self._timers: dict[tuple[str, str, int, str], Histogram] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Trace and time one HTTP request; pass anything else through."""
@@ -203,7 +232,7 @@ class TracingMiddleware:
                 f"{method} {path}", context=parent, kind=SpanKind.SERVER
             ) as span:
                 await self.app(scope, receive, send_and_note)
-                route = _route_of(scope)
+                route = self._route_of(scope)
                 span.update_name(f"{method} {route}")
                 span.set_attribute("http.request.method", method)
                 span.set_attribute("http.route", route)
@@ -216,12 +245,24 @@ class TracingMiddleware:
             finally:
                 if token is not None:
                     otel_context.detach(token)
-            route = _route_of(scope)
+            route = self._route_of(scope)
         model = scope.get("state", {}).get("scoregate.model", "")
         label = method if method in _METHODS else "other"
-        REQUEST_SECONDS.labels(route, label, f"{status // 100}xx", model).observe(
-            time.perf_counter() - started
-        )
+        key = (route, label, status // 100, model)
+        timer = self._timers.get(key)
+        if timer is None:
+            timer = REQUEST_SECONDS.labels(route, label, f"{status // 100}xx", model)
+            self._timers[key] = timer
+        timer.observe(time.perf_counter() - started)
+
+    def _route_of(self, scope: Scope) -> str:
+        handler = scope.get("route_handler")
+        if handler is None:
+            return "unmatched"
+        route = self._routes.get(handler)
+        if route is None:
+            route = self._routes[handler] = _route_of(handler)
+        return route
 
 
 # Label values come from fixed sets (methods, route templates, registry models), never
@@ -229,8 +270,7 @@ class TracingMiddleware:
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
-def _route_of(scope: Scope) -> str:
-    handler = scope.get("route_handler")
+def _route_of(handler: object) -> str:
     paths = getattr(handler, "paths", None)
     if paths:
         return str(sorted(paths)[0]).replace(":str}", "}")

@@ -46,7 +46,7 @@ from gateway.errors import BadRequest, Conflict, GatewayError, Unavailable, Unpr
 from gateway.features.assembler import FeatureAssembler
 from gateway.ids import new_decision_id
 from gateway.model_client import ModelClient
-from gateway.observability import current_trace_id, observe_features, stage
+from gateway.observability import FeatureMetrics, current_trace_id, stage
 from gateway.registry import CONTROL_CHARACTER, ModelPlan, Registry
 from writeback import AuditStore, AuditUnavailable, RecordRefused, RequestMismatch
 
@@ -301,6 +301,7 @@ class Scorer:
         self._models = models
         self._audit = audit
         self._flights: dict[tuple[str, str], _Flight] = {}
+        self._served = FeatureMetrics()
         self.recent = RecentAnswers() if recent is None else recent
 
     def _plan(self, request: ScoreRequest) -> ModelPlan:
@@ -477,7 +478,7 @@ class Scorer:
         assembly = await self._assembler.assemble(
             plan, entity_ids, context, deadline.reserving(model_reserve_s), received_at
         )
-        observe_features(assembly.values)
+        self._served.observe(assembly.values)
         vector = [assembly.values[name].value for name in plan.vector]
         model_started = time.perf_counter()
         outputs = await self._models[model.name].infer(
