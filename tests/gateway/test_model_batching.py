@@ -306,7 +306,8 @@ async def test_concurrent_scores_share_model_calls_and_each_gets_its_own_score(
 ) -> None:
     edits = [
         *roomy(),
-        (f'endpoint = "{servers.model_url}"', f'endpoint = "{held.url}"\nmax_batch_size = 8'),
+        (f'endpoint = "{servers.model_url}"', f'endpoint = "{held.url}"'),
+        ("max_batch_size = 32\nmax_batches_in_flight = 2\n", "max_batch_size = 8\n"),
     ]
     app = create_app(registry_variant(settings, tmp_path / "batching.toml", *edits))
     async with serve(app) as client:
