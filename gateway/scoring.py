@@ -52,6 +52,9 @@ from writeback import AuditStore, AuditUnavailable, RecordRefused, RequestMismat
 
 _canonical = msgspec.json.Encoder()
 _answer_decoder = msgspec.json.Decoder(ScoreResponse)
+# Answers are encoded into one buffer and copied out: encode() returns its whole
+# growth allowance, which an answer kept for retries would hold for minutes.
+_answer_buffer = bytearray()
 
 
 class Asked(NamedTuple):
@@ -114,6 +117,40 @@ def conflict(request_id: str, earlier: Asked, asked: Asked) -> Conflict | None:
     )
 
 
+class Answer:
+    """A committed answer to a score request, as its Struct and as its JSON.
+
+    Each form is made at most once, from the other, when first asked for: an answer
+    scored here starts as the Struct and is encoded once, for the answers kept for
+    retries and for the body of a caller who sees it unmasked, which are then the same
+    bytes; an answer kept for retries starts as its JSON and is decoded only for a
+    caller whose copy must be masked.
+    """
+
+    __slots__ = ("_encoded", "_response")
+
+    def __init__(self, response: ScoreResponse | None = None, encoded: bytes = b"") -> None:
+        if response is None and not encoded:
+            raise ValueError("an answer needs its response or its JSON")
+        self._response = response
+        self._encoded = encoded
+
+    @property
+    def response(self) -> ScoreResponse:
+        """The answer, as it was committed."""
+        if self._response is None:
+            self._response = _answer_decoder.decode(self._encoded)
+        return self._response
+
+    @property
+    def encoded(self) -> bytes:
+        """The answer's JSON, as the API sends a :class:`ScoreResponse`."""
+        if not self._encoded:
+            _canonical.encode_into(self._response, _answer_buffer)
+            self._encoded = bytes(_answer_buffer)
+        return self._encoded
+
+
 @dataclass(frozen=True, slots=True)
 class _Checked:
     """A request checked against the registry, and when it arrived."""
@@ -136,7 +173,7 @@ class _Flight:
 
     asked: Asked
     fingerprint: bytes
-    task: asyncio.Task[ScoreResponse]
+    task: asyncio.Task[Answer]
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +182,7 @@ class _Answered:
 
     asked: Asked
     fingerprint: bytes
-    # Kept as JSON: half the memory of the Struct, and decoded in microseconds.
+    # Kept as JSON: half the memory of the Struct, sent as it is, decoded only to mask.
     encoded: bytes
     at: float
 
@@ -153,6 +190,11 @@ class _Answered:
     def response(self) -> ScoreResponse:
         """The answer, as it was committed."""
         return _answer_decoder.decode(self.encoded)
+
+    @property
+    def answer(self) -> Answer:
+        """The answer, from its JSON."""
+        return Answer(encoded=self.encoded)
 
 
 def _same_request(
@@ -190,7 +232,6 @@ class RecentAnswers:
         self.ttl_s = ttl_s
         self._clock = clock
         self._answers: OrderedDict[tuple[str, str], _Answered] = OrderedDict()
-        self._buffer = bytearray()
 
     def __len__(self) -> int:
         return len(self._answers)
@@ -206,15 +247,14 @@ class RecentAnswers:
         self._answers.move_to_end(key)
         return answered
 
-    def put(
-        self, key: tuple[str, str], asked: Asked, fingerprint: bytes, response: ScoreResponse
-    ) -> None:
-        """Keep the committed answer to ``asked`` under ``(caller, request_id)``."""
+    def put(self, key: tuple[str, str], asked: Asked, fingerprint: bytes, answer: Answer) -> None:
+        """Keep the committed answer to ``asked`` under ``(caller, request_id)``.
+
+        Its JSON is kept: encoded here if it was not yet, and then the caller's body too.
+        """
         if self.capacity <= 0:
             return
-        # Encoded into a buffer and copied: encode() returns its whole growth allowance.
-        _canonical.encode_into(response, self._buffer)
-        answered = _Answered(asked, fingerprint, bytes(self._buffer), self._clock())
+        answered = _Answered(asked, fingerprint, answer.encoded, self._clock())
         self._answers[key] = answered
         self._answers.move_to_end(key)
         while len(self._answers) > self.capacity:
@@ -310,6 +350,13 @@ class Scorer:
             raise BadRequest(f"unknown model {request.model!r}", field="model")
         return plan
 
+    def model_label(self, model: str) -> str:
+        """``model`` as a metric label: a registry model's name, or ``unknown``.
+
+        Labels come from the registry only, so a caller cannot mint series.
+        """
+        return model if model in self._registry.plans else "unknown"
+
     @staticmethod
     def _entity_ids(plan: ModelPlan, entities: Mapping[str, str]) -> dict[str, str]:
         wanted = plan.entity_keys
@@ -357,11 +404,11 @@ class Scorer:
 
     async def score(
         self, request: ScoreRequest, caller: str, timeout_ms: int | None = None
-    ) -> ScoreResponse:
+    ) -> Answer:
         """Score one request; the answer exists only once its audit record is committed.
 
         With a ``request_id``, the caller's earlier decision under it comes back, and
-        concurrent duplicates wait for one scoring.
+        concurrent duplicates wait for one scoring (and share its answer).
 
         Raises:
             BadRequest: the request does not fit the registry, or carries a value
@@ -385,7 +432,7 @@ class Scorer:
         )
         if request.request_id is None:
             record, event = await self._make(checked, caller, timeout_ms)
-            return await self._commit(checked, record, event, None)
+            return Answer(await self._commit(checked, record, event, None))
         asked = checked.asked
         fingerprint = asked.fingerprint()
         key = (caller, request.request_id)
@@ -394,7 +441,7 @@ class Scorer:
             answered = self.recent.get(key)
             if answered is not None:
                 _same_request(request.request_id, answered, asked, fingerprint)
-                return answered.response
+                return answered.answer
             task = asyncio.create_task(
                 self._once(checked, caller, request.request_id, fingerprint, timeout_ms)
             )
@@ -419,7 +466,7 @@ class Scorer:
         request_id: str,
         fingerprint: bytes,
         timeout_ms: int | None,
-    ) -> ScoreResponse:
+    ) -> Answer:
         """Score a request with an id; its commit tells whether the id was answered before.
 
         No lookup comes first: a new id costs only its commit, and the commit of an id
@@ -436,9 +483,10 @@ class Scorer:
             response = earlier
         else:
             response = await self._commit(checked, record, event, fingerprint)
+        answer = Answer(response)
         # Kept before the flight lands, so a duplicate finds the flight or the answer.
-        self.recent.put((caller, request_id), checked.asked, fingerprint, response)
-        return response
+        self.recent.put((caller, request_id), checked.asked, fingerprint, answer)
+        return answer
 
     async def _on_record(
         self, checked: _Checked, caller: str, request_id: str, fingerprint: bytes

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
-from litestar import Request, post
+from litestar import MediaType, Request, Response, post
 from litestar.di import NamedDependency
 from litestar.params import HeaderParameter, JSONBody
 
@@ -15,12 +15,16 @@ from gateway.auth import AUTH_DONE, Principal, requires
 from gateway.http.openapi import error_responses
 from gateway.masking import PiiMasker
 from gateway.observability import record_stage
-from gateway.registry import Registry
-from gateway.scoring import Scorer
+from gateway.scoring import Answer, Scorer
 
 TimeoutHeader = Annotated[
     int | None, HeaderParameter(name="X-Request-Timeout-Ms", required=False, gt=0)
 ]
+
+
+def _sent_as_json(answer: Answer) -> Response[ScoreResponse]:
+    """The answer's JSON as the body, as it is: encoded once, and kept for retries too."""
+    return cast("Response[ScoreResponse]", Response(answer.encoded, media_type=MediaType.JSON))
 
 
 @post(
@@ -35,18 +39,22 @@ async def score(
     scorer: NamedDependency[Scorer],
     admission: NamedDependency[Admission],
     masker: NamedDependency[PiiMasker],
-    registry: NamedDependency[Registry],
     timeout_ms: TimeoutHeader = None,
-) -> ScoreResponse:
+) -> Response[ScoreResponse]:
     """Score one subject with one model; the answer is committed to the audit store."""
     state = request.scope["state"]
     record_stage("decode", state.get(AUTH_DONE, time.time_ns()))
-    # Metric labels come from the registry only: a caller cannot mint series.
-    state["scoregate.model"] = data.model if data.model in registry.plans else "unknown"
+    state["scoregate.model"] = scorer.model_label(data.model)
     principal = request.user
     async with admission:
-        response = await scorer.score(data, principal.key_id, timeout_ms)
-    return response if principal.sees_pii else masker.response(response)
+        answer = await scorer.score(data, principal.key_id, timeout_ms)
+    if principal.sees_pii:
+        return _sent_as_json(answer)
+    masked = masker.response(answer.response)
+    if masked is answer.response:
+        # Nothing to mask in it: the same body as for a caller who sees PII.
+        return _sent_as_json(answer)
+    return Response(masked)
 
 
 handlers = [score]

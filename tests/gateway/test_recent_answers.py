@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import msgspec
+import pytest
+
 from contracts.features import FeatureValue
 from contracts.scoring import ModelRef, ScoreResponse
-from gateway.scoring import Asked, RecentAnswers
+from gateway.scoring import Answer, Asked, RecentAnswers
 from tests.support.clock import ManualClock
 
 
@@ -36,7 +39,7 @@ ASKED = Asked("fraud", {"customer_id": "c-1"}, {"amount": 1.0})
 
 
 def keep(recent: RecentAnswers, request_id: str, caller: str = "scorer") -> None:
-    recent.put((caller, request_id), ASKED, ASKED.fingerprint(), answer(request_id))
+    recent.put((caller, request_id), ASKED, ASKED.fingerprint(), Answer(answer(request_id)))
 
 
 def test_an_answer_comes_back_as_it_was_under_its_caller_and_request_id() -> None:
@@ -90,3 +93,31 @@ def test_capacity_zero_keeps_nothing() -> None:
 
     assert recent.get(("scorer", "r-1")) is None
     assert len(recent) == 0
+
+
+def test_an_answer_is_encoded_once_and_those_bytes_are_kept_and_sent() -> None:
+    recent = RecentAnswers()
+    scored = Answer(answer("r-1"))
+    body = scored.encoded
+
+    recent.put(("scorer", "r-1"), ASKED, ASKED.fingerprint(), scored)
+
+    assert body == msgspec.json.encode(answer("r-1"))
+    assert scored.encoded is body
+    found = recent.get(("scorer", "r-1"))
+    assert found is not None
+    assert found.encoded is body
+
+
+def test_an_answer_kept_as_json_is_sent_as_it_is_and_decoded_only_when_asked() -> None:
+    body = msgspec.json.encode(answer("r-1"))
+    kept = Answer(encoded=body)
+
+    assert kept.encoded is body
+    assert kept.response == answer("r-1")
+    assert kept.response is kept.response
+
+
+def test_an_answer_needs_its_response_or_its_json() -> None:
+    with pytest.raises(ValueError, match="response or its JSON"):
+        Answer()
