@@ -153,14 +153,20 @@ async def measure(stack: DevStack, args: argparse.Namespace, label: str) -> list
 
 @contextmanager
 def code_of(directory: Path | None) -> Iterator[None]:
-    """Run the stack's children from ``directory``'s code (None: this checkout's)."""
-    saved = os.environ.get("PYTHONPATH")
+    """Run the stack's children from ``directory``'s code (None: this checkout's).
+
+    ``python -m`` puts the working directory first on a child's path, so the children
+    start there too.
+    """
+    saved, cwd = os.environ.get("PYTHONPATH"), os.getcwd()
     if directory is not None:
         paths = [str(directory), str(directory / "sample")]
         os.environ["PYTHONPATH"] = os.pathsep.join(paths + ([saved] if saved else []))
+        os.chdir(directory)
     try:
         yield
     finally:
+        os.chdir(cwd)
         if saved is None:
             os.environ.pop("PYTHONPATH", None)
         else:
