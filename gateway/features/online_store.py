@@ -210,13 +210,15 @@ READS_PER_PIPELINE = Histogram(
 class _Pipeline:
     """The reads of the requests of one loop turn, packed, and where their replies go."""
 
-    __slots__ = ("commands", "expires_at", "futures", "spans")
+    __slots__ = ("commands", "deadlines", "expires_at", "futures", "spans", "timers")
 
     def __init__(self) -> None:
         self.commands: list[bytes] = []
         self.futures: list[asyncio.Future[list[list[bytes | None]]]] = []
         self.spans: list[tuple[int, int]] = []
+        self.deadlines: list[float] = []
         self.expires_at = 0.0
+        self.timers: list[asyncio.Handle] = []
 
     def add(
         self, store: OnlineStore, reads: Sequence[EntityRead], expires_at: float
@@ -232,20 +234,48 @@ class _Pipeline:
         )
         self.futures.append(future)
         self.spans.append((first, len(self.commands)))
+        self.deadlines.append(expires_at)
         self.expires_at = max(self.expires_at, expires_at)
         return future
 
+    def bound(self) -> None:
+        """Give each request that must stop waiting before the pipeline ends a timer.
+
+        The pipeline itself ends by its latest request's deadline, so that request (a
+        lone one, too) needs no timer of its own. When an earlier deadline comes, the
+        request is let go a loop turn later, so that a reply this turn polled is read
+        first, as :meth:`Deadline.limit` does.
+        """
+        loop = asyncio.get_running_loop()
+        now, loop_now = time.monotonic(), loop.time()
+        for future, expires_at in zip(self.futures, self.deadlines, strict=True):
+            if expires_at < self.expires_at:
+                due = loop_now + expires_at - now
+                self.timers.append(loop.call_at(due, loop.call_soon, _let_go, future))
+
     def answer(self, rows: list[list[bytes | None]]) -> None:
         """Hand each request that still waits its own replies."""
+        self._disarm()
         for future, (first, end) in zip(self.futures, self.spans, strict=True):
             if not future.done():
                 future.set_result(rows[first:end])
 
     def fail(self, error: Callable[[], StoreUnavailable]) -> None:
         """Fail every request that still waits, each with an error of its own."""
+        self._disarm()
         for future in self.futures:
             if not future.done():
                 future.set_exception(error())
+
+    def _disarm(self) -> None:
+        for timer in self.timers:
+            timer.cancel()
+
+
+def _let_go(future: asyncio.Future[list[list[bytes | None]]]) -> None:
+    """End one request's wait for its pipeline: its own deadline came first."""
+    if not future.done():
+        future.set_exception(StoreUnavailable("the request's deadline ended the read"))
 
 
 def _unavailable(exc: BaseException) -> Callable[[], StoreUnavailable]:
@@ -345,12 +375,7 @@ class OnlineStore:
             task = asyncio.get_running_loop().create_task(self._send(pipeline))
             self._sending.add(task)
             task.add_done_callback(self._sending.discard)
-        future = pipeline.add(self, reads, deadline.expires_at)
-        try:
-            async with deadline.limit():
-                rows = await future
-        except DeadlineReached as exc:
-            raise StoreUnavailable("the request's deadline ended the read") from exc
+        rows = await pipeline.add(self, reads, deadline.expires_at)
         return [_present(names, row) for (_, _, names), row in zip(reads, rows, strict=True)]
 
     async def _send(self, pipeline: _Pipeline) -> None:
@@ -364,6 +389,7 @@ class OnlineStore:
         if self._pending is pipeline:
             self._pending = None
         READS_PER_PIPELINE.observe(len(pipeline.futures))
+        pipeline.bound()
         deadline = Deadline.until(pipeline.expires_at)
         try:
             async with self.breaker.guard(), deadline.holding(self._slots):
