@@ -18,8 +18,8 @@ Per phase: the gateway process's CPU milliseconds per answered request (from
 gateways run without their outbox relay, which does not serve ``/score``. ``--this``
 measures a worktree in place of this checkout (when the working tree holds changes
 that are not part of what is measured). ``--profile FILE`` also samples the first
-variant's gateway with py-spy (``--py-spy``, raw folded stacks, not blocking the
-process) through one more masked phase after the rounds. The machine's load average
+variant's gateway with py-spy (``--py-spy``, raw folded stacks, ``--profile-rate`` a
+second) through one more masked phase after the rounds. The machine's load average
 before and after is reported with the figures.
 
     git worktree add /tmp/base <commit>
@@ -256,8 +256,7 @@ async def profile(
         "--format",
         "raw",
         "--rate",
-        "250",
-        "--nonblocking",
+        str(args.profile_rate),
         "--pid",
         str(gateway.process.pid),
         "--output",
@@ -412,6 +411,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--no-pin", action="store_true", help="leave every process unpinned")
     parser.add_argument("--profile", type=Path, help="py-spy raw output for this checkout")
     parser.add_argument("--py-spy", default="py-spy", help="the py-spy executable")
+    parser.add_argument("--profile-rate", type=int, default=100, help="py-spy samples per second")
     args = parser.parse_args()
     args.compare = [path.resolve() for path in args.compare]
     args.this = None if args.this is None else args.this.resolve()
