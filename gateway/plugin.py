@@ -36,7 +36,7 @@ from gateway.masking import PiiMasker
 from gateway.model_client import ModelClient
 from gateway.registry import Registry, load_registry
 from gateway.replay import Replayer
-from gateway.scoring import Scorer
+from gateway.scoring import Scorer, ScoringParts
 from gateway.settings import GatewaySettings
 from writeback import (
     AuditStore,
@@ -81,6 +81,7 @@ class GatewayPlugin(InitPluginProtocol):
         self._reads: DecisionReads | None = None
         self._dead_letters: DeadLetterQueue | None = None
         self._scorer: Scorer | None = None
+        self._scoring: ScoringParts | None = None
         self._replayer: Replayer | None = None
         self._health: HealthChecks | None = None
         self._sealer: DecisionSealer | None = None
@@ -109,6 +110,11 @@ class GatewayPlugin(InitPluginProtocol):
         return _started(self._scorer)
 
     @property
+    def scoring(self) -> ScoringParts:
+        """What ``POST /score`` uses, as one part (open while the app runs)."""
+        return _started(self._scoring)
+
+    @property
     def replayer(self) -> Replayer:
         """The replayer of recorded decisions (open while the app runs)."""
         return _started(self._replayer)
@@ -127,6 +133,7 @@ class GatewayPlugin(InitPluginProtocol):
             "masker": lambda: self.masker,
             "pusher": lambda: self.pusher,
             "scorer": lambda: self.scorer,
+            "scoring": lambda: self.scoring,
             "audit": lambda: self.audit,
             "reads": lambda: self.reads,
             "dead_letters": lambda: self.dead_letters,
@@ -185,7 +192,8 @@ class GatewayPlugin(InitPluginProtocol):
         self._dead_letters = DeadLetterQueue(pool, config)
         self._retention = Retention(pool, config)
         await self._retention.start()
-        self._scorer = Scorer(self.registry, self.assembler, self.models, audit)
+        self._scorer = scorer = Scorer(self.registry, self.assembler, self.models, audit)
+        self._scoring = ScoringParts(scorer, self.admission, self.masker)
         self._replayer = Replayer(self.registry, self.models)
         self._reads = DecisionReads(pool, config.verify_pace)
         self._health = HealthChecks(

@@ -41,10 +41,12 @@ from contracts.events import DecisionMade
 from contracts.features import FeatureScalar
 from contracts.registry import DecisionPolicy
 from contracts.scoring import ScoreRequest, ScoreResponse
+from gateway.admission import Admission
 from gateway.deadline import Deadline
 from gateway.errors import BadRequest, Conflict, GatewayError, Unavailable, Unprocessable
 from gateway.features.assembler import FeatureAssembler
 from gateway.ids import new_decision_id
+from gateway.masking import PiiMasker
 from gateway.model_client import ModelClient
 from gateway.observability import FeatureMetrics, current_trace_id, stage
 from gateway.registry import CONTROL_CHARACTER, ModelPlan, Registry
@@ -312,6 +314,19 @@ def response_of(record: DecisionRecord) -> ScoreResponse:
         degraded=record.degraded,
         features=record.features,
     )
+
+
+class ScoringParts(NamedTuple):
+    """What ``POST /score`` uses, provided to it as one dependency.
+
+    Litestar resolves a handler's dependencies, when it has more than one, concurrently
+    in a task group of their own: on every request, about a tenth of the gateway's CPU
+    for ``/score``'s three. One dependency is resolved in line.
+    """
+
+    scorer: Scorer
+    admission: Admission
+    masker: PiiMasker
 
 
 class Scorer:

@@ -10,12 +10,10 @@ from litestar.di import NamedDependency
 from litestar.params import HeaderParameter, JSONBody
 
 from contracts.scoring import ScoreRequest, ScoreResponse
-from gateway.admission import Admission
 from gateway.auth import AUTH_DONE, Principal, requires
 from gateway.http.openapi import error_responses
-from gateway.masking import PiiMasker
 from gateway.observability import record_stage
-from gateway.scoring import Answer, Scorer
+from gateway.scoring import Answer, ScoringParts
 
 TimeoutHeader = Annotated[
     int | None, HeaderParameter(name="X-Request-Timeout-Ms", required=False, gt=0)
@@ -36,12 +34,11 @@ def _sent_as_json(answer: Answer) -> Response[ScoreResponse]:
 async def score(
     data: JSONBody[ScoreRequest],
     request: Request[Principal, Any, Any],
-    scorer: NamedDependency[Scorer],
-    admission: NamedDependency[Admission],
-    masker: NamedDependency[PiiMasker],
+    scoring: NamedDependency[ScoringParts],
     timeout_ms: TimeoutHeader = None,
 ) -> Response[ScoreResponse]:
     """Score one subject with one model; the answer is committed to the audit store."""
+    scorer, admission, masker = scoring
     state = request.scope["state"]
     record_stage("decode", state.get(AUTH_DONE, time.time_ns()))
     state["scoregate.model"] = scorer.model_label(data.model)
