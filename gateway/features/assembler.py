@@ -21,8 +21,8 @@ from urllib.parse import quote
 from contracts.features import FeatureScalar, FeatureValue, Lineage
 from contracts.registry import Feature
 from gateway.breaker import BreakerOpen
-from gateway.deadline import Deadline
-from gateway.errors import Unavailable
+from gateway.deadline import Deadline, DeadlineReached
+from gateway.errors import DeadlineExceeded, Unavailable
 from gateway.features.online_store import (
     OnlineStore,
     StoredValue,
@@ -171,9 +171,10 @@ class FeatureAssembler:
                 self._serve_fetched(assembly, key, features, result, stored, entity_ids, now_ms)
                 continue
             reason = _failure_reason(key[0], result)
+            ended = isinstance(result, DeadlineReached)
             for feature in features:
                 current = stored.get(feature.name)
-                self._apply_policy(assembly, feature, current, entity_ids, now_ms, reason)
+                self._apply_policy(assembly, feature, current, entity_ids, now_ms, reason, ended)
 
     def _serve_fetched(
         self,
@@ -278,8 +279,13 @@ class FeatureAssembler:
         entity_ids: Mapping[str, str],
         now_ms: int,
         reason: str,
+        deadline_ended: bool = False,
     ) -> None:
-        """Serve a feature that could be neither fresh nor fetched, as its policy says."""
+        """Serve a feature that could be neither fresh nor fetched, as its policy says.
+
+        A feature that must not be served otherwise fails the request: with 504 when
+        the request's deadline, not its source, ended the fetch, else with 503.
+        """
         assembly.problems[feature.name] = reason
         policy = feature.on_unavailable
         if policy == "serve_stale" and current is not None:
@@ -293,6 +299,13 @@ class FeatureAssembler:
                 source="default",
                 max_staleness_ms=feature.max_staleness_ms,
                 schema_version=feature.schema_version,
+            )
+        elif deadline_ended:
+            raise DeadlineExceeded(
+                f"feature {feature.name} was not fetched within the request deadline"
+                f" and its policy is {policy!r}: {reason}",
+                field=f"features.{feature.name}",
+                extra={"feature": feature.name, "reason": reason},
             )
         else:
             raise FeatureUnavailable(

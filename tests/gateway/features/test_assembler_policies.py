@@ -16,7 +16,8 @@ import pytest
 from prometheus_client import REGISTRY as METRICS
 
 from gateway.breaker import BreakerOpen
-from gateway.deadline import Deadline
+from gateway.deadline import Deadline, DeadlineReached
+from gateway.errors import DeadlineExceeded
 from gateway.features.assembler import FeatureAssembler, FeatureUnavailable
 from gateway.features.online_store import (
     StoredValue,
@@ -569,3 +570,18 @@ def _source_schema_changes() -> float:
         for sample in metric.samples
         if sample.name.endswith("_total") and sample.labels.get("source") == "source:profile"
     )
+
+
+async def test_policy_fail_past_the_request_deadline_is_the_deadline_not_the_source(
+    assembler: FeatureAssembler,
+    registry: Registry,
+    store: FakeStore,
+    sources: dict[str, FakeSource],
+) -> None:
+    all_fresh(store)
+    store.rows[("merchant", "m-1")]["merchant_risk"] = stored(0.25, 10_000)
+    sources["risk"].answers["/merchants/m-1/risk"] = DeadlineReached("the request's deadline")
+    with pytest.raises(DeadlineExceeded) as caught:
+        await assemble(assembler, registry)
+    assert caught.value.status_code == 504
+    assert caught.value.field == "features.merchant_risk"
