@@ -82,10 +82,17 @@ class Gateway:
 
 
 async def start_gateway(
-    stack: DevStack, name: str, code: Path | None, cpu: int | None, log: Path, relay: bool
+    stack: DevStack,
+    name: str,
+    code: Path | None,
+    cpu: int | None,
+    log: Path,
+    relay: bool,
+    database_prefix: str = "scoregate_idem_bench",
 ) -> Gateway:
-    """Start ``scoregate serve`` of ``code`` (None: this checkout) on a database of its own."""
-    database = f"scoregate_idem_bench_{name}"
+    """Start ``scoregate serve`` of ``code`` (None: this checkout) on a database of its own
+    (``<database_prefix>_<name>``)."""
+    database = f"{database_prefix}_{name}"
     url = f"{PG}/{database}"
     await fresh_database(url)
     await ensure_database(url)

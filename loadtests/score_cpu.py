@@ -31,88 +31,28 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import random
 import statistics
-import sys
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-from benchmark import RESULTS, drop_keys, fresh_database, stop_process
+from benchmark import RESULTS, drop_keys, stop_process
 from cpu_meter import CpuMeter, pids_serving, pin
+from idempotency_bench import Gateway, start_gateway
 from open_loop import PhaseResult, run_phase
 from traffic import MERCHANTS, MODEL, fresh_customers
 
 from scoregate_dev.broker import free_port
 from scoregate_dev.stack import DevStack
-from writeback import ensure_database, migrate
 
 PG = "postgresql://postgres@127.0.0.1:5432"
 PHASES = ("masked", "pii")
-
-
-@dataclass
-class Gateway:
-    """One variant's gateway process and its database."""
-
-    name: str
-    process: asyncio.subprocess.Process
-    url: str
-    database: str
-
-
-async def start_gateway(stack: DevStack, name: str, code: Path | None, cpu: int | None) -> Gateway:
-    """Start ``scoregate serve`` of ``code`` (None: this checkout) on a database of its own."""
-    database = f"scoregate_score_cpu_{name}"
-    url = f"{PG}/{database}"
-    await fresh_database(url)
-    await ensure_database(url)
-    await migrate(url)
-    env = {**stack.env, "SCOREGATE_DATABASE_URL": url, "SCOREGATE_RELAY": "false"}
-    if code is not None:
-        # The checkout's packages come before the ones installed in the environment.
-        paths = [str(code), str(code / "sample"), env.get("PYTHONPATH", "")]
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, paths))
-    port = free_port()
-    prefix = ["taskset", "-c", str(cpu)] if cpu is not None else []
-    log = stack.logs / f"gateway-{name}.log"
-    with log.open("ab") as out:
-        process = await asyncio.create_subprocess_exec(
-            *prefix,
-            sys.executable,
-            "-m",
-            "gateway.cli",
-            "serve",
-            "--port",
-            str(port),
-            env=env,
-            cwd=code,
-            stdout=out,
-            stderr=out,
-        )
-    gateway = Gateway(name, process, f"http://127.0.0.1:{port}", database)
-    await wait_ready(gateway, log)
-    return gateway
-
-
-async def wait_ready(gateway: Gateway, log: Path, limit_s: float = 30.0) -> None:
-    async with aiohttp.ClientSession() as session:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(limit_s):
-                while gateway.process.returncode is None:
-                    with contextlib.suppress(aiohttp.ClientError):
-                        async with session.get(f"{gateway.url}/health/ready") as response:
-                            if response.status == 200:
-                                return
-                    await asyncio.sleep(0.2)
-    raise RuntimeError(f"gateway {gateway.name} did not become ready; see {log}")
 
 
 def variants(args: argparse.Namespace) -> dict[str, Path | None]:
@@ -307,7 +247,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         await stack.seed()
         codes = variants(args)
         for name, code in codes.items():
-            gateways[name] = await start_gateway(stack, name, code, cpu)
+            log = stack.logs / f"gateway-{name}.log"
+            gateways[name] = await start_gateway(
+                stack, name, code, cpu, log, relay=False, database_prefix="scoregate_score_cpu"
+            )
         keys = {"masked": stack.headers("scorer"), "pii": stack.headers("admin")}
         rounds: list[dict[str, Any]] = []
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=512)) as session:
