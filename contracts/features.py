@@ -68,7 +68,9 @@ class Lineage(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     Attributes:
         kind: ``push`` for values written into the online store by an upstream
             (``/features/push`` or ``scoregate ingest``), ``fallback`` for values
-            fetched from a source API by the gateway.
+            fetched from a source API by the gateway, ``reconcile`` for values a
+            reconciliation run read from a source API and wrote into the online store
+            because the store disagreed with it.
         event_time: when the fact happened, or for a change event when the source
             database committed it.
         ingested_at: when scoregate stored the value.
@@ -80,7 +82,7 @@ class Lineage(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """
 
     lineage_id: str
-    kind: Literal["push", "fallback"]
+    kind: Literal["push", "fallback", "reconcile"]
     source_system: str
     source_ref: str
     schema_version: int | None = None

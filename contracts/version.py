@@ -8,4 +8,4 @@ baseline cut with ``python -m contracts.schemas --release``.
 
 from __future__ import annotations
 
-CONTRACT_VERSION = 1
+CONTRACT_VERSION = 2
