@@ -69,6 +69,10 @@ class Source(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
             time (ISO 8601, UTC if it names no zone); without it, the time of the call.
         ref_field: The answer's field that holds the upstream record's id; without
             one, the call's URL stands for it in the lineage.
+        reconcile_calls_per_s: The budget of calls per second reconciliation may send
+            the source, across every scoregate process (the source is a production
+            system: reconciliation never takes more, and stops when the source's
+            breaker opens). Calls made for ``/score`` do not count against it.
     """
 
     name: Name
@@ -79,8 +83,63 @@ class Source(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     event_time_field: str = "event_time"
     ref_field: str | None = None
     max_concurrency: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 64
+    reconcile_calls_per_s: Annotated[float, msgspec.Meta(gt=0, le=10_000)] = 2.0
     retry: RetryPolicy = msgspec.field(default_factory=RetryPolicy)
     breaker: BreakerPolicy = msgspec.field(default_factory=BreakerPolicy)
+
+
+class FreshnessObjective(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The share of serves that must be within the freshness SLA, over a period.
+
+    Attributes:
+        target: The share of a feature's serves (in ``/score``) whose value was within
+            its ``max_staleness_ms`` when served, such as 0.99. The rest of the
+            period's serves, ``1 - target``, is the error budget.
+        period_days: The period the objective is judged over.
+    """
+
+    target: Annotated[float, msgspec.Meta(gt=0, lt=1)] = 0.99
+    period_days: Annotated[int, msgspec.Meta(ge=1, le=90)] = 30
+
+
+class BurnRateAlert(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A multi-window burn-rate alert, as in the SRE workbook's chapter on alerting.
+
+    It fires when the burn rate (the share of serves outside the SLA divided by the
+    error budget's share) is above ``burn_rate`` over both windows, and clears when it
+    is not; the short window makes it clear soon after the cause ends.
+
+    Attributes:
+        name: The alert's name in events and on the page (``fast``, ``slow``).
+        long_window_s: The long window, in seconds.
+        short_window_s: The short window, in seconds; shorter than the long one.
+        burn_rate: The rate both windows must exceed.
+    """
+
+    name: Name
+    long_window_s: Annotated[int, msgspec.Meta(ge=1, le=30 * 86_400)]
+    short_window_s: Annotated[int, msgspec.Meta(ge=1, le=30 * 86_400)]
+    burn_rate: Annotated[float, msgspec.Meta(gt=0, le=10_000)]
+
+
+def _default_alerts() -> list[BurnRateAlert]:
+    return [
+        BurnRateAlert(name="fast", long_window_s=3600, short_window_s=300, burn_rate=14.4),
+        BurnRateAlert(name="slow", long_window_s=21_600, short_window_s=1800, burn_rate=6.0),
+    ]
+
+
+class FreshnessSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Freshness as an objective: the default objective of features and its alerts.
+
+    Attributes:
+        objective: The objective of every feature that declares none of its own.
+        alerts: The burn-rate alerts evaluated for every feature; by default the
+            workbook's fast (1 h and 5 min at 14.4) and slow (6 h and 30 min at 6) ones.
+    """
+
+    objective: FreshnessObjective = msgspec.field(default_factory=FreshnessObjective)
+    alerts: list[BurnRateAlert] = msgspec.field(default_factory=_default_alerts)
 
 
 class Feature(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -89,6 +148,12 @@ class Feature(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     Attributes:
         include_in_events: Whether its value travels in outcome events; by default
             every feature's does except those classified ``pii``.
+        objective: Its freshness objective; without one, the registry's default
+            (``freshness.objective``).
+        reconcile: Whether reconciliation compares its values in the online store
+            with its source (it needs a source).
+        tolerance: How far apart a stored and a source value may be and still agree,
+            for numeric dtypes (absolute); bool and string values must be equal.
     """
 
     name: Name
@@ -105,6 +170,9 @@ class Feature(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     schema_version: Annotated[int, msgspec.Meta(ge=0)] = 1
     description: str = ""
     include_in_events: bool | None = None
+    objective: FreshnessObjective | None = None
+    reconcile: bool = True
+    tolerance: Annotated[float, msgspec.Meta(ge=0)] = 0.0
 
 
 class ContextFeature(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -288,3 +356,4 @@ class RegistryFile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     models: list[Model] = msgspec.field(default_factory=list)
     online_store: OnlineStoreSpec = msgspec.field(default_factory=OnlineStoreSpec)
     streams: list[Stream] = msgspec.field(default_factory=list)
+    freshness: FreshnessSpec = msgspec.field(default_factory=FreshnessSpec)
