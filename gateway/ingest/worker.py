@@ -9,6 +9,11 @@ before the commit redelivers the batch, and the compare-and-set makes the second
 write a duplicate: the state is the same. A revoked partition's batch is finished
 and committed before the partition goes (the rebalance listener waits for it), and so
 is the batch in hand when the worker is told to stop.
+
+What the worker knows about freshness (each written value's ingest lag, the newest
+event times, its partitions' consumer lag, schema changes) it also shares with every
+other process through Redis (:class:`~gateway.freshness.signals.IngestSignals`),
+flushed from its loop about once a second and once more when it stops.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from typing import Any
 import msgspec
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import IllegalStateError
 from aiokafka.structs import ConsumerRecord
 from redis.exceptions import RedisError
 from tenacity import (
@@ -47,6 +53,7 @@ from gateway.features.online_store import (
     lineage_id_for,
     to_millis,
 )
+from gateway.freshness.signals import IngestSignals
 from gateway.ingest import metrics
 from gateway.ingest.controls import IngestControls
 from gateway.ingest.decoding import StreamDecoder
@@ -63,6 +70,9 @@ _EXTRA_FIELDS_REMEMBERED = 256
 """Unmapped fields remembered per stream to count each once; past it, they are not."""
 _CONTROL_INTERVAL_S = 1.0
 """How often the worker reads which topics operators paused."""
+_POSITION_WAIT_S = 0.05
+"""How long measuring a partition's lag waits for its position (known but after a
+rebalance): the loop does not stall for it, the next flush measures again."""
 
 
 class IngestSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -84,6 +94,8 @@ class IngestSettings(msgspec.Struct, frozen=True, kw_only=True):
         redis_max_connections: connections to Redis at most.
         metrics_port: where ``/metrics`` is served (``SCOREGATE_INGEST_METRICS_PORT``;
             0 serves none).
+        signals_interval_s: how often the freshness signals are flushed to Redis at
+            most.
     """
 
     registry_path: Path
@@ -96,6 +108,7 @@ class IngestSettings(msgspec.Struct, frozen=True, kw_only=True):
     fetch_wait_ms: int = 20
     redis_max_connections: int = 8
     metrics_port: int = 0
+    signals_interval_s: float = 1.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> IngestSettings:
@@ -169,6 +182,13 @@ class IngestWorker:
         self._publisher = KafkaPublisher(settings.kafka)
         self._redis = aioredis.Redis.from_url(settings.redis_url)
         self.controls = IngestControls(self._redis, settings.redis_prefix)
+        self.signals = IngestSignals(
+            self._redis,
+            settings.redis_prefix,
+            self._registry.features,
+            streams,
+            flush_interval_s=settings.signals_interval_s,
+        )
         self._consumer: AIOKafkaConsumer | None = None
         self._replay = replay
         self._replayed: set[TopicPartition] = set()
@@ -215,11 +235,13 @@ class IngestWorker:
             if batches:
                 async with self._batch:
                     await self._process(batches)
+            await self._flush_signals()
         self._stopping.set()
 
     async def stop(self) -> None:
-        """Leave the group and close the connections."""
+        """Flush the freshness signals, leave the group and close the connections."""
         self._stopping.set()
+        await self.signals.flush()
         if self._consumer is not None:
             await self._consumer.stop()
         await self._publisher.stop()
@@ -287,6 +309,7 @@ class IngestWorker:
         if exc.kind in SCHEMA_CHANGE_KINDS:
             feature = exc.feature if exc.feature in self._registry.features else ""
             SCHEMA_CHANGES.labels(source=stream.name, feature=feature, kind=exc.kind).inc()
+            self.signals.schema_change(stream.name, feature, exc.kind, exc.detail, _now_ms())
             owner = self._owner(stream, feature)
             log.warning(
                 "schema change on %s (%s), owner %s: %s; the record went to %s.dlq",
@@ -329,6 +352,8 @@ class IngestWorker:
                 continue
             seen.add(name)
             SCHEMA_CHANGES.labels(source=stream.name, feature="", kind="extra_field").inc()
+            detail = f"an unmapped field {name!r} (ignored)"
+            self.signals.schema_change(stream.name, "", "extra_field", detail, _now_ms())
             log.info("stream %s carries an unmapped field %r: it is ignored", stream.name, name)
 
     def _observe(
@@ -340,18 +365,29 @@ class IngestWorker:
     ) -> None:
         # Counted per batch: a label lookup per value would cost more than the value's write.
         counts: dict[tuple[str, str, str], int] = {}
+        lags: dict[str, list[int]] = {}
+        newest: dict[str, int] = {}
+        seen: dict[str, int] = {}
         for (stream, change), outcome in zip(changes, outcomes, strict=True):
-            lag_s = max(0, now_ms - change.event_time_ms) / 1000
+            event_ms = change.event_time_ms
+            lag_ms = max(0, now_ms - event_ms)
             source = stream.name
+            seen[source] = max(event_ms, seen.get(source, event_ms))
             for feature, result in outcome.items():
                 key = (feature, source, result)
                 counts[key] = counts.get(key, 0) + 1
                 if result == "written":
-                    self._metrics.lag(feature, source).observe(lag_s)
+                    self._metrics.lag(feature, source).observe(lag_ms / 1000)
+                    lags.setdefault(feature, []).append(lag_ms)
+                    newest[feature] = max(event_ms, newest.get(feature, event_ms))
         report = self.report
         for (feature, source, result), count in counts.items():
             self._metrics.updates(feature, source, result).inc(count)
             setattr(report, result, getattr(report, result) + count)
+        for feature, values in lags.items():
+            self.signals.wrote(feature, values, newest[feature], now_ms)
+        for source, event_ms in seen.items():
+            self.signals.seen(source, event_ms)
         consumer = self._require_consumer()
         for tp, offset in offsets.items():
             partition = str(tp.partition)
@@ -361,6 +397,25 @@ class IngestWorker:
                 metrics.CONSUMER_LAG.labels(topic=tp.topic, partition=partition).set(
                     max(0, end - offset)
                 )
+
+    async def _flush_signals(self) -> None:
+        """Measure every assigned partition's lag and flush the signals, when due."""
+        if not self.signals.due():
+            return
+        consumer = self._require_consumer()
+        # High watermarks first, with no await between them and the assignment: a
+        # rebalance during a position's wait below then shows as IllegalStateError.
+        ends = {tp: consumer.highwater(tp) for tp in consumer.assignment()}
+        for tp, end in ends.items():
+            if end is None:
+                continue
+            try:
+                async with asyncio.timeout(_POSITION_WAIT_S):
+                    position = await consumer.position(tp)
+            except (IllegalStateError, TimeoutError):
+                continue
+            self.signals.consumer_lag(tp.topic, tp.partition, end - position, _now_ms())
+        await self.signals.flush()
 
     async def _follow_controls(self) -> None:
         """Pause or resume the topics operators paused or resumed since the last look."""
@@ -388,6 +443,7 @@ class IngestWorker:
     async def _revoked(self, revoked: Iterable[TopicPartition]) -> None:
         # The batch in hand is committed before the partitions go: wait for it.
         async with self._batch:
+            self.signals.forget(revoked)
             for tp in revoked:
                 for gauge in (metrics.CONSUMER_LAG, metrics.COMMITTED_OFFSET):
                     with contextlib.suppress(KeyError):
@@ -477,6 +533,10 @@ def entity_write(change: FeatureChange, now_ms: int) -> EntityWrite:
         values,
         change.event_id,
     )
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def _raw(record: ConsumerRecord) -> RawRecord:
