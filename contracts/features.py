@@ -99,7 +99,25 @@ class Lineage(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 
 
 class FeatureValue(msgspec.Struct, frozen=True, kw_only=True):
-    """One feature as served in a score response and kept in the decision record."""
+    """One feature as served in a score response and kept in the decision record.
+
+    Attributes:
+        value: the value the model was given.
+        status: how the value was obtained.
+        source: where it was served from (``online_store``, ``source:<name>``,
+            ``default`` or ``request``).
+        event_time: when the fact the value describes happened.
+        ingested_at: when scoregate stored (or fetched) the value.
+        staleness_ms: the value's age when it was served, from its event time.
+        max_staleness_ms: the feature's freshness SLA in the registry.
+        requested_max_staleness_ms: the bound the request asked for this feature,
+            when it sent one (``max_staleness_ms`` of the score request). The bound
+            applied is the smaller of it and ``max_staleness_ms``: ``fresh`` means
+            within that one, and a caller's bound never loosens the SLA.
+        lineage_id: the value's lineage in the record.
+        schema_version: the version of the upstream schema the value was read with.
+        effective_time: when the value became authoritative, where its event says.
+    """
 
     value: FeatureScalar | None
     status: FeatureStatus
@@ -111,6 +129,7 @@ class FeatureValue(msgspec.Struct, frozen=True, kw_only=True):
     lineage_id: str | None = None
     schema_version: int | None = None
     effective_time: datetime | None = None
+    requested_max_staleness_ms: int | None = None
 
 
 class PushLineage(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

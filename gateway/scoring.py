@@ -4,7 +4,8 @@ A ``request_id`` is an idempotency key per caller. Concurrent requests under one
 in one process share one scoring (single-flight); across processes the audit store's
 unique key lets the first commit win. Each key is kept with the fingerprint of the
 request it was used for, and a request that reuses the key for anything else (another
-model, other entities, another context) gets a 409 naming what differs.
+model, other entities, another context, another ``max_staleness_ms``) gets a 409
+naming what differs.
 
 A new key costs no query of its own: it is not looked up before scoring. The commit
 claims the key in the same statement that writes the decision; if the key was claimed
@@ -20,6 +21,7 @@ Every caller string that reaches PostgreSQL is checked before any work is done f
 the request: a ``request_id`` with a control character, or a context string with a
 NUL (which PostgreSQL's text and its JSON functions cannot hold), is a 400 naming the
 field. Entity ids are checked by the registry's :class:`gateway.registry.EntityIds`.
+A ``max_staleness_ms`` object may name only stored features of the model.
 """
 
 from __future__ import annotations
@@ -59,6 +61,10 @@ _answer_decoder = msgspec.json.Decoder(ScoreResponse)
 _answer_buffer = bytearray()
 
 
+Bound = int | Mapping[str, int]
+"""A request's ``max_staleness_ms``: one bound for every stored feature, or one per name."""
+
+
 class Asked(NamedTuple):
     """What a score request asks for: the parts its fingerprint covers.
 
@@ -66,23 +72,34 @@ class Asked(NamedTuple):
         model: the model's name.
         entities: entity ids by entity key, as sent.
         context: the request-time features, as their declared types.
+        max_staleness_ms: the request's staleness bound as sent, None if it sent none
+            (or an empty object, which bounds nothing).
     """
 
     model: str
     entities: Mapping[str, str]
     context: Mapping[str, FeatureScalar]
+    max_staleness_ms: Bound | None = None
 
     def fingerprint(self) -> bytes:
         """The SHA-256 of the request's canonical JSON; the request id is not part of it.
 
         The JSON is ``[model, [[key, id], ...], [[name, value], ...]]``, entities and
         context sorted by name, context values as their declared types (so ``120`` and
-        ``120.0`` for a ``float64`` are one value).
+        ``120.0`` for a ``float64`` are one value). A request with a staleness bound
+        has it as a fourth member (the number, or ``[[name, ms], ...]`` sorted by
+        name); without one, the fingerprint is what it was before bounds existed, so
+        keys committed earlier still match their retries.
         """
-        canonical = _canonical.encode(
-            [self.model, sorted(self.entities.items()), sorted(self.context.items())]
-        )
-        return hashlib.sha256(canonical).digest()
+        parts: list[Any] = [
+            self.model,
+            sorted(self.entities.items()),
+            sorted(self.context.items()),
+        ]
+        bound = self.max_staleness_ms
+        if bound is not None:
+            parts.append(bound if isinstance(bound, int) else sorted(bound.items()))
+        return hashlib.sha256(_canonical.encode(parts)).digest()
 
     def differences(self, other: Asked) -> list[str]:
         """The fields in which ``other`` asks for something else (``context.amount``)."""
@@ -93,7 +110,46 @@ class Asked(NamedTuple):
         for name in sorted(self.context.keys() | other.context.keys()):
             if not _same(self.context.get(name), other.context.get(name)):
                 fields.append(f"context.{name}")
+        mine, theirs = self.max_staleness_ms, other.max_staleness_ms
+        if isinstance(mine, Mapping) and isinstance(theirs, Mapping):
+            for name in sorted(mine.keys() | theirs.keys()):
+                if mine.get(name) != theirs.get(name):
+                    fields.append(f"max_staleness_ms.{name}")
+        elif mine != theirs:
+            fields.append("max_staleness_ms")
         return fields
+
+
+def sent_bound(request: ScoreRequest) -> Bound | None:
+    """The request's ``max_staleness_ms``; None for none or an empty object (no bound)."""
+    bound = request.max_staleness_ms
+    if isinstance(bound, dict) and not bound:
+        return None
+    return bound
+
+
+def requested_bounds(plan: ModelPlan, bound: Bound | None) -> dict[str, int] | None:
+    """The request's staleness bound per stored feature of ``plan``, or None for none.
+
+    A number bounds every stored feature; an object only the features it names.
+
+    Raises:
+        BadRequest: the object names something that is not a stored feature of the
+            model (a context feature has no staleness to bound).
+    """
+    if bound is None:
+        return None
+    if isinstance(bound, int):
+        return {feature.name: bound for feature in plan.features}
+    bounds = {f.name: bound[f.name] for f in plan.features if f.name in bound}
+    if len(bounds) < len(bound):
+        name = next(name for name in bound if name not in bounds)
+        kind = "a context feature, sent with the request" if name in plan.context else "unknown"
+        raise BadRequest(
+            f"model {plan.model.name} has no stored feature {name!r} to bound ({kind})",
+            field=f"max_staleness_ms.{name}",
+        )
+    return bounds
 
 
 def _same(a: FeatureScalar | None, b: FeatureScalar | None) -> bool:
@@ -103,7 +159,7 @@ def _same(a: FeatureScalar | None, b: FeatureScalar | None) -> bool:
 
 def _asked_by(record: DecisionRecord) -> Asked:
     request = record.request
-    return Asked(request.model, request.entities, request.context)
+    return Asked(request.model, request.entities, request.context, sent_bound(request))
 
 
 def conflict(request_id: str, earlier: Asked, asked: Asked) -> Conflict | None:
@@ -161,12 +217,14 @@ class _Checked:
     plan: ModelPlan
     entity_ids: dict[str, str]
     context: dict[str, FeatureScalar]
+    bound: Bound | None
+    bounds: dict[str, int] | None
     received_at: datetime
     started: float
 
     @property
     def asked(self) -> Asked:
-        return Asked(self.plan.model.name, self.request.entities, self.context)
+        return Asked(self.plan.model.name, self.request.entities, self.context, self.bound)
 
 
 @dataclass(frozen=True, slots=True)
@@ -437,11 +495,14 @@ class Scorer:
         if request.request_id is not None and CONTROL_CHARACTER.search(request.request_id):
             raise BadRequest("request_id must not hold control characters", field="request_id")
         plan = self._plan(request)
+        bound = sent_bound(request)
         checked = _Checked(
             request=request,
             plan=plan,
             entity_ids=self._entity_ids(plan, request.entities),
             context=self._context(plan, request.context),
+            bound=bound,
+            bounds=requested_bounds(plan, bound),
             received_at=received_at,
             started=started,
         )
@@ -539,7 +600,12 @@ class Scorer:
         # a budget too small for that, and a hanging source costs only the rest.
         model_reserve_s = min(model.timeout_ms / 1000, deadline.remaining() / 2)
         assembly = await self._assembler.assemble(
-            plan, entity_ids, context, deadline.reserving(model_reserve_s), received_at
+            plan,
+            entity_ids,
+            context,
+            deadline.reserving(model_reserve_s),
+            received_at,
+            checked.bounds,
         )
         self._served.observe(assembly.values)
         vector = [assembly.values[name].value for name in plan.vector]

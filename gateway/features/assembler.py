@@ -1,10 +1,12 @@
 """Assembling a model's feature vector, feature by feature, with freshness and lineage.
 
 For every stored feature: the online store first (one round trip for all entities);
-if the value is missing or beyond its freshness SLA, the feature's source API (one
+if the value is missing or beyond its freshness bound, the feature's source API (one
 call per source record, all sources concurrently, inside the request deadline),
 written back to the store; if the source fails, the feature's ``on_unavailable``
-policy.
+policy. The bound is the feature's freshness SLA, or the request's own
+``max_staleness_ms`` where that is tighter: a caller may ask for fresher data than
+the SLA, never for staler.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ class Assembly:
         problems: per feature, why it was not served fresh or from its source.
         online_store_ms: time spent reading the store.
         sources_ms: time spent on source calls.
+        bounds: the request's own staleness bound per stored feature, where it sent
+            one (None when it sent none).
     """
 
     values: dict[str, FeatureValue] = field(default_factory=dict)
@@ -56,6 +60,7 @@ class Assembly:
     problems: dict[str, str] = field(default_factory=dict)
     online_store_ms: float = 0.0
     sources_ms: float = 0.0
+    bounds: Mapping[str, int] | None = None
 
 
 class FeatureUnavailable(Unavailable):
@@ -95,23 +100,40 @@ class FeatureAssembler:
         context: Mapping[str, FeatureScalar],
         deadline: Deadline,
         now: datetime,
+        bounds: Mapping[str, int] | None = None,
     ) -> Assembly:
-        """Serve every feature of ``plan`` for the entities named in ``entity_ids``."""
-        assembly = Assembly()
+        """Serve every feature of ``plan`` for the entities named in ``entity_ids``.
+
+        Args:
+            plan: The model's plan.
+            entity_ids: The request's entity ids by entity name.
+            context: The request-time features, as their declared types.
+            deadline: What is left of the request's time for features.
+            now: When the request arrived; staleness is measured from it.
+            bounds: The request's own staleness bound per stored feature name, where it
+                sent one; a value older than ``applied_bound(SLA, bound)`` is not fresh.
+        """
+        assembly = Assembly(bounds=bounds)
         now_ms = to_millis(now)
         stored = await self._read_store(plan, entity_ids, deadline, assembly)
 
         to_fetch: dict[_FetchKey, list[Feature]] = defaultdict(list)
         for feature in plan.features:
             current = stored.get(feature.name)
-            if current is not None and now_ms - current.event_time_ms <= feature.max_staleness_ms:
+            # Without a bound in the request the SLA is the limit, at no cost of its own.
+            limit = (
+                feature.max_staleness_ms
+                if bounds is None
+                else applied_bound(feature.max_staleness_ms, bounds.get(feature.name))
+            )
+            if current is not None and now_ms - current.event_time_ms <= limit:
                 self._serve_stored(assembly, feature, current, entity_ids, now_ms, "fresh")
             elif feature.source is not None and feature.path is not None:
                 placeholder = self._placeholders[feature.name]
                 path = feature.path.replace(placeholder, path_value(entity_ids[feature.entity]))
                 to_fetch[(feature.source, feature.entity, path)].append(feature)
             else:
-                reason = "not in the online store" if current is None else "stale, no source"
+                reason = _unserved_reason(feature, current, now_ms, limit)
                 self._apply_policy(assembly, feature, current, entity_ids, now_ms, reason)
 
         if to_fetch:
@@ -257,6 +279,7 @@ class FeatureAssembler:
     ) -> None:
         lineage = stored.lineage(feature.entity, entity_ids[feature.entity])
         source = "online_store" if status in {"fresh", "stale"} else stored.source_system
+        bounds = assembly.bounds
         assembly.values[feature.name] = FeatureValue(
             value=stored.value,
             status=status,  # type: ignore[arg-type]
@@ -268,6 +291,7 @@ class FeatureAssembler:
             lineage_id=stored.lineage_id,
             schema_version=stored.schema_version,
             effective_time=lineage.effective_time,
+            requested_max_staleness_ms=None if bounds is None else bounds.get(feature.name),
         )
         assembly.lineage[feature.name] = lineage
 
@@ -299,6 +323,9 @@ class FeatureAssembler:
                 source="default",
                 max_staleness_ms=feature.max_staleness_ms,
                 schema_version=feature.schema_version,
+                requested_max_staleness_ms=(
+                    None if assembly.bounds is None else assembly.bounds.get(feature.name)
+                ),
             )
         elif deadline_ended:
             raise DeadlineExceeded(
@@ -313,6 +340,32 @@ class FeatureAssembler:
                 field=f"features.{feature.name}",
                 extra={"feature": feature.name, "reason": reason},
             )
+
+
+def applied_bound(sla_ms: int, requested_ms: int | None) -> int:
+    """The staleness bound a stored value is judged by, in milliseconds.
+
+    Args:
+        sla_ms: The feature's freshness SLA in the registry.
+        requested_ms: The request's own bound for the feature, if it sent one.
+
+    Returns:
+        The smaller of the two: a request can tighten the SLA, never loosen it.
+    """
+    if requested_ms is None or requested_ms >= sla_ms:
+        return sla_ms
+    return requested_ms
+
+
+def _unserved_reason(
+    feature: Feature, current: StoredValue | None, now_ms: int, limit_ms: int
+) -> str:
+    """Why a feature without a source cannot be served from the store as fresh."""
+    if current is None:
+        return "not in the online store"
+    if now_ms - current.event_time_ms <= feature.max_staleness_ms:
+        return f"older than the request's max_staleness_ms ({limit_ms} ms), no source"
+    return "stale, no source"
 
 
 def path_value(value: str) -> str:

@@ -4,19 +4,23 @@ Every error answer is an :class:`~contracts.scoring.ErrorBody`; each route decla
 statuses it can answer with that body, so that a client (or schemathesis) can hold
 the gateway to them. Unions of JSON scalars (a feature value: ``bool | int | float |
 str``) are declared as a list of types: Litestar writes ``oneOf``, which no integer
-satisfies, since an integer is also a number.
+satisfies, since an integer is also a number. The arms of ``/score``'s
+``max_staleness_ms`` (a number, or an object of numbers) get back the constraints
+Litestar drops from a union's arms.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, cast
 
+import msgspec
 from litestar.openapi import ResponseSpec
 from litestar.openapi.spec import OpenAPI, Schema
 from litestar.openapi.spec.enums import OpenAPIType
 
-from contracts.scoring import ErrorBody
+from contracts.features import Identifier
+from contracts.scoring import MAX_BOUNDED_FEATURES, ErrorBody
 
 _MEANINGS = {
     400: "The request is malformed: a parameter or field is missing, unknown, of the wrong"
@@ -100,3 +104,34 @@ def _scalar_union(arms: Any) -> bool:
         and set(kinds) <= _SCALAR_TYPES
         and {OpenAPIType.INTEGER, OpenAPIType.NUMBER} <= set(kinds)
     )
+
+
+# A feature name in the object: as long as an identifier may be.
+_NAME = cast("msgspec.inspect.StrType", msgspec.inspect.type_info(Identifier))
+
+
+def staleness_bounds_constrained(openapi: OpenAPI) -> None:
+    """Declare the constraints of ``ScoreRequest.max_staleness_ms``'s arms.
+
+    Litestar takes a field's constraints from its annotation as a whole, so the arms
+    of a union keep none of theirs: without this the schema would admit a negative
+    bound, an object of any size and an empty feature name, which the gateway refuses.
+    """
+    components = openapi.components.schemas if openapi.components else None
+    request = components.get("ScoreRequest") if components else None
+    properties = request.properties if isinstance(request, Schema) else None
+    field = properties.get("max_staleness_ms") if properties else None
+    if not isinstance(field, Schema):
+        return
+    for arm in field.one_of or ():
+        if not isinstance(arm, Schema):
+            continue
+        if arm.type == OpenAPIType.INTEGER:
+            arm.minimum = 0
+        elif arm.type == OpenAPIType.OBJECT:
+            arm.max_properties = MAX_BOUNDED_FEATURES
+            arm.property_names = Schema(
+                type=OpenAPIType.STRING, min_length=_NAME.min_length, max_length=_NAME.max_length
+            )
+            if isinstance(arm.additional_properties, Schema):
+                arm.additional_properties.minimum = 0
