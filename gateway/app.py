@@ -16,7 +16,7 @@ from opentelemetry import trace
 from gateway.auth import ApiKeyAuthentication
 from gateway.http import route_handlers
 from gateway.http.errors import exception_handlers
-from gateway.http.openapi import scalar_unions_as_type_lists
+from gateway.http.openapi import scalar_unions_as_type_lists, staleness_bounds_constrained
 from gateway.observability import TracingMiddleware, refresh_tracing, tracer_provider_from_env
 from gateway.plugin import GatewayPlugin
 from gateway.registry import Registry
@@ -52,4 +52,5 @@ def create_app(settings: GatewaySettings, registry: Registry | None = None) -> L
     )
     # Built once here (and cached by Litestar), so the served schema is the corrected one.
     scalar_unions_as_type_lists(app.openapi_schema)
+    staleness_bounds_constrained(app.openapi_schema)
     return app

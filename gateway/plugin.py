@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -26,10 +26,12 @@ from litestar.types import Scope
 
 from gateway.admission import Admission
 from gateway.auth import KeyRing
+from gateway.breaker import DependencyBreaker
 from gateway.features.assembler import FeatureAssembler
 from gateway.features.online_store import OnlineStore
 from gateway.features.push import FeaturePusher
 from gateway.features.sources import SourceClient
+from gateway.freshness.signals import BreakerBoard
 from gateway.health import HealthChecks
 from gateway.loop_lag import LoopLagMonitor
 from gateway.masking import PiiMasker
@@ -88,6 +90,7 @@ class GatewayPlugin(InitPluginProtocol):
         self._loop_lag = LoopLagMonitor()
         self._retention: Retention | None = None
         self._relay: OutboxRelay | None = None
+        self._board: BreakerBoard | None = None
 
     @property
     def audit(self) -> AuditStore:
@@ -207,12 +210,19 @@ class GatewayPlugin(InitPluginProtocol):
         self._sealer = DecisionSealer(pool)
         await self._sealer.start()
         await self._loop_lag.start()
+        self._board = BreakerBoard.from_url(
+            self.settings.redis_url, self.settings.redis_prefix, self._breakers
+        )
+        await self._board.start()
         if self.settings.run_relay:
             self._relay = OutboxRelay(pool, self.publisher, config)
             await self._relay.start()
 
     async def stop(self) -> None:
         """Stop the background jobs and close connections; queued commits are flushed."""
+        if self._board is not None:
+            await self._board.stop()
+            self._board = None
         await self._loop_lag.stop()
         if self._sealer is not None:
             await self._sealer.stop()
@@ -230,6 +240,13 @@ class GatewayPlugin(InitPluginProtocol):
         await self.store.close()
         if self._session is not None:
             await self._session.close()
+
+    def _breakers(self) -> Iterator[DependencyBreaker]:
+        yield self.store.breaker
+        for source in self.sources.values():
+            yield source.breaker
+        for model in self.models.values():
+            yield model.breaker
 
 
 def _started(part: T | None) -> T:

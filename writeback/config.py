@@ -28,6 +28,8 @@ _TUNING: dict[str, tuple[str, type[int] | type[float] | type[str]]] = {
     "SCOREGATE_TOPIC_PARTITIONS": ("topic_partitions", int),
     "SCOREGATE_OUTBOX_RETENTION_HOURS": ("outbox_retention_hours", float),
     "SCOREGATE_DECISION_RETENTION_DAYS": ("decision_retention_days", int),
+    "SCOREGATE_FRESHNESS_RESOLUTION_S": ("freshness_resolution_s", int),
+    "SCOREGATE_ALERTS_TOPIC": ("alerts_topic", str),
     "SCOREGATE_PARTITIONS_AHEAD_MONTHS": ("partitions_ahead_months", int),
     "SCOREGATE_MAINTENANCE_INTERVAL_S": ("maintenance_interval_s", float),
 }
@@ -88,6 +90,10 @@ class WritebackConfig(msgspec.Struct, frozen=True):
         partitions_ahead_months: Month partitions kept ready beyond the current one.
         maintenance_interval_s: How often a gateway runs retention and partition
             upkeep (0: never; run ``scoregate maintain`` from a scheduler instead).
+        freshness_resolution_s: The width of the fine slots served staleness is rolled
+            up in (a divisor of 3600): the resolution of the 5-minute and hourly
+            figures of ``GET /freshness`` and of burn-rate windows.
+        alerts_topic: The topic freshness alerts are published to, through the outbox.
     """
 
     database_url: str
@@ -116,6 +122,8 @@ class WritebackConfig(msgspec.Struct, frozen=True):
     decision_retention_days: int = 190
     partitions_ahead_months: int = 3
     maintenance_interval_s: float = 3600.0
+    freshness_resolution_s: int = 10
+    alerts_topic: str = "scoregate.freshness.alerts"
 
     def __post_init__(self) -> None:
         """Reject settings the relay or the pool cannot work with.
@@ -153,6 +161,13 @@ class WritebackConfig(msgspec.Struct, frozen=True):
             raise ValueError("topic must not be empty")
         if self.dead_letter_topic == self.topic:
             raise ValueError("the dead-letter topic must differ from the outcome topic")
+        if self.alerts_topic in ("", self.topic, self.dead_letter_topic):
+            raise ValueError("alerts_topic must be set and differ from the outcome topics")
+        if not 1 <= self.freshness_resolution_s <= 3600 or 3600 % self.freshness_resolution_s:
+            raise ValueError(
+                "freshness_resolution_s must divide 3600 seconds,"
+                f" got {self.freshness_resolution_s}"
+            )
         for name, number in {
             "outbox_retention_hours": self.outbox_retention_hours,
             "verify_pace": self.verify_pace,

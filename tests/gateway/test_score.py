@@ -61,6 +61,7 @@ async def test_fresh_features_come_from_redis_in_one_round_trip(
         "lineage_id": None,
         "schema_version": None,
         "effective_time": None,
+        "requested_max_staleness_ms": None,
     }
 
 
@@ -191,6 +192,7 @@ async def test_policy_default_and_fail(
         "lineage_id": None,
         "schema_version": 1,
         "effective_time": None,
+        "requested_max_staleness_ms": None,
     }
     assert features["kyc_level"]["status"] == "fallback"
     assert response.json()["degraded"] is True
