@@ -45,6 +45,7 @@ from writeback import (
     DeadLetterQueue,
     DecisionReads,
     DecisionSealer,
+    FreshnessRollup,
     KafkaPublisher,
     OutboxRelay,
     Retention,
@@ -91,11 +92,17 @@ class GatewayPlugin(InitPluginProtocol):
         self._retention: Retention | None = None
         self._relay: OutboxRelay | None = None
         self._board: BreakerBoard | None = None
+        self._rollup: FreshnessRollup | None = None
 
     @property
     def audit(self) -> AuditStore:
         """The audit store (open while the app runs)."""
         return _started(self._audit)
+
+    @property
+    def rollup(self) -> FreshnessRollup:
+        """The served-staleness rollup (running while the app runs)."""
+        return _started(self._rollup)
 
     @property
     def reads(self) -> DecisionReads:
@@ -209,6 +216,8 @@ class GatewayPlugin(InitPluginProtocol):
         )
         self._sealer = DecisionSealer(pool)
         await self._sealer.start()
+        self._rollup = FreshnessRollup(pool, config.freshness_resolution_s)
+        await self._rollup.start()
         await self._loop_lag.start()
         self._board = BreakerBoard.from_url(
             self.settings.redis_url, self.settings.redis_prefix, self._breakers
@@ -226,6 +235,8 @@ class GatewayPlugin(InitPluginProtocol):
         await self._loop_lag.stop()
         if self._sealer is not None:
             await self._sealer.stop()
+        if self._rollup is not None:
+            await self._rollup.stop()
         if self._retention is not None:
             await self._retention.stop()
         if self._relay is not None:

@@ -46,6 +46,7 @@ from writeback.errors import (
     RecordRefused,
     RequestMismatch,
 )
+from writeback.freshness import FreshnessRollup
 from writeback.kafka import KafkaPublisher, OutgoingMessage
 from writeback.pool import create_pool, reconnect_if_read_only
 from writeback.relay import ERROR_HEADER_PREFIX, OutboxRelay
@@ -62,6 +63,7 @@ __all__ = [
     "DeadLetterQueue",
     "DecisionReads",
     "DecisionSealer",
+    "FreshnessRollup",
     "KafkaPublisher",
     "NotDeadLettered",
     "OutboxRelay",
