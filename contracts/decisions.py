@@ -7,7 +7,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from contracts.features import FeatureValue, Lineage
+from contracts.features import FeatureScalar, FeatureValue, Lineage
+from contracts.reconciliation import FindingKind
 from contracts.scoring import ModelRef, ScoreRequest
 
 DeliveryStatus = Literal["pending", "delivered", "dead_lettered"]
@@ -86,17 +87,47 @@ class RollbackState(msgspec.Struct, frozen=True, kw_only=True):
     event_id: str
 
 
+class FeatureCheck(msgspec.Struct, frozen=True, kw_only=True):
+    """What reconciliation found of the value a decision served for one feature.
+
+    A run covered the served value when the value it read from the online store had
+    the lineage id the decision served: the same upstream record, before or after the
+    decision. When several runs covered it, a disagreement outranks an agreement,
+    and among equals the latest counts.
+
+    Attributes:
+        run_id: The reconciliation run.
+        found_at: When the run checked the value.
+        kind: What it found (``match`` and ``newer_at_source`` agree with the source).
+        agrees: The served value agrees with the source's, within the tolerance.
+        source_value: The value the source answered with.
+        source_event_time: The source record's event time.
+        repaired: The run wrote the source's value into the online store.
+    """
+
+    run_id: str
+    found_at: datetime
+    kind: FindingKind
+    agrees: bool
+    source_value: FeatureScalar | None = None
+    source_event_time: datetime | None = None
+    repaired: bool = False
+
+
 class DecisionRecord(msgspec.Struct, frozen=True, kw_only=True):
     """Everything a decision saw and produced, as committed before the answer.
 
     The context fields never change after the commit; ``status``, ``writeback``,
-    ``timeline`` and ``rollback`` are read from their own rows when the record is
-    served.
+    ``timeline``, ``rollback`` and ``reconciliation`` are read from their own rows
+    when the record is served.
 
     Attributes:
         writeback: Where each outcome event of the decision stands now.
         timeline: How the events got there; it outlives the outbox rows that are
             purged after delivery.
+        reconciliation: Per stored feature, whether reconciliation later found the
+            served value to agree with its source (features no run covered are
+            absent); filled in when an auditor reads the decision, empty as committed.
     """
 
     decision_id: str
@@ -123,3 +154,4 @@ class DecisionRecord(msgspec.Struct, frozen=True, kw_only=True):
     writeback: list[WritebackState] = msgspec.field(default_factory=list)
     rollback: RollbackState | None = None
     timeline: list[WritebackEntry] = msgspec.field(default_factory=list)
+    reconciliation: dict[str, FeatureCheck] = msgspec.field(default_factory=dict)

@@ -19,6 +19,8 @@ Parts:
     Decisions: :class:`AuditStore` (group commit, reads, rollbacks),
         :class:`DecisionReads` (access log, search, chain verification),
         :class:`DecisionSealer` and :func:`verify` (the hash chain over the records).
+    Reconciliation: :class:`ReconciliationStore` (runs, findings, the per-source
+        run lock).
     Events: :class:`OutboxRelay`, :class:`KafkaPublisher`, :class:`DeadLetterQueue`
         (with :class:`OutboxStats`), :class:`Retention` (with :class:`RetentionReport`).
     Errors: :class:`AuditUnavailable` (PostgreSQL could not be reached or used, from
@@ -49,6 +51,7 @@ from writeback.errors import (
 from writeback.freshness import FreshnessRollup
 from writeback.kafka import KafkaPublisher, OutgoingMessage
 from writeback.pool import create_pool, reconnect_if_read_only
+from writeback.reconciliation import ReconciliationStore
 from writeback.relay import ERROR_HEADER_PREFIX, OutboxRelay
 from writeback.retention import Retention, RetentionReport
 from writeback.schema import ensure_database, migrate
@@ -69,6 +72,7 @@ __all__ = [
     "OutboxRelay",
     "OutboxStats",
     "OutgoingMessage",
+    "ReconciliationStore",
     "RecordRefused",
     "RequestMismatch",
     "Retention",

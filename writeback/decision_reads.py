@@ -26,12 +26,13 @@ from contracts.audit import (
     ReadVia,
     VerifyReport,
 )
-from contracts.decisions import Subject
+from contracts.decisions import DecisionRecord, FeatureCheck, Subject
 from contracts.scoring import ModelRef
 
 # Re-exported: callers import BadCursor from here.
 from writeback.errors import BadCursor as BadCursor
 from writeback.errors import unavailable_on_error
+from writeback.reconciliation import feature_checks
 from writeback.seals import verify
 
 _RECORD_READ = """
@@ -142,6 +143,23 @@ class DecisionReads:
         """
         with unavailable_on_error("record the read"):
             await self._pool.execute(_RECORD_READ, uuid.UUID(decision_id), key_id, via, purpose)
+
+    async def reconciliation(self, record: DecisionRecord) -> dict[str, FeatureCheck]:
+        """Per stored feature of a decision, what reconciliation found of the value served.
+
+        Args:
+            record: The decision.
+
+        Returns:
+            The checks of the runs that read the very values served (their lineage
+            ids), by feature; features no run covered are absent.
+        """
+        served = [
+            (name, lineage.entity_id, lineage.lineage_id)
+            for name, lineage in record.lineage.items()
+            if name in record.features
+        ]
+        return await feature_checks(self._pool, served)
 
     async def access_log(self, decision_id: str) -> AccessLog:
         """Every recorded read of a decision, oldest first.

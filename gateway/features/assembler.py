@@ -215,7 +215,7 @@ class FeatureAssembler:
         fresh_values: dict[str, StoredValue] = {}
         for feature in features:
             try:
-                value = coerce(record.body[feature.field or feature.name], feature.dtype)
+                fetched = stored_from_record(record, feature, system, "fallback")
             except (KeyError, TypeError) as exc:
                 # The source's answer no longer fits the feature's declared contract.
                 kind = "missing_column" if isinstance(exc, KeyError) else "column_type"
@@ -224,17 +224,6 @@ class FeatureAssembler:
                 current = stored.get(feature.name)
                 self._apply_policy(assembly, feature, current, entity_ids, now_ms, reason)
                 continue
-            fetched = StoredValue(
-                value=value,
-                event_time_ms=event_time_ms,
-                ingested_at_ms=to_millis(record.fetched_at),
-                lineage_id=lineage_id_for(system, record.ref, event_time_ms),
-                kind="fallback",
-                source_system=system,
-                source_ref=record.ref,
-                schema_version=feature.schema_version,
-                transform=None,
-            )
             fresh_values[feature.name] = fetched
             self._serve_stored(assembly, feature, fetched, entity_ids, now_ms, "fallback")
         if fresh_values:
@@ -340,6 +329,36 @@ class FeatureAssembler:
                 field=f"features.{feature.name}",
                 extra={"feature": feature.name, "reason": reason},
             )
+
+
+def stored_from_record(
+    record: SourceRecord, feature: Feature, system: str, kind: str
+) -> StoredValue:
+    """A feature's value in a fetched source record, as the online store keeps it.
+
+    Args:
+        record: The source's answer.
+        feature: The feature to read from it.
+        system: The source as lineage names it (``source:<name>``).
+        kind: ``fallback`` for a value fetched to serve a request, ``reconcile`` for one
+            a reconciliation run repairs the store with.
+
+    Raises:
+        KeyError: The answer has no field for the feature.
+        TypeError: The field's value does not fit the feature's dtype.
+    """
+    event_time_ms = to_millis(record.event_time)
+    return StoredValue(
+        value=coerce(record.body[feature.field or feature.name], feature.dtype),
+        event_time_ms=event_time_ms,
+        ingested_at_ms=to_millis(record.fetched_at),
+        lineage_id=lineage_id_for(system, record.ref, event_time_ms),
+        kind=kind,
+        source_system=system,
+        source_ref=record.ref,
+        schema_version=feature.schema_version,
+        transform=None,
+    )
 
 
 def applied_bound(sla_ms: int, requested_ms: int | None) -> int:

@@ -83,7 +83,13 @@ class StoredValue(msgspec.Struct, array_like=True, frozen=True):
         """The full lineage record of this value."""
         return Lineage(
             lineage_id=self.lineage_id,
-            kind="push" if self.kind == "push" else "fallback",
+            kind=(
+                "push"
+                if self.kind == "push"
+                else "reconcile"
+                if self.kind == "reconcile"
+                else "fallback"
+            ),
             source_system=self.source_system,
             source_ref=self.source_ref,
             schema_version=self.schema_version,

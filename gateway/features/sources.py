@@ -138,6 +138,14 @@ class SourceClient:
                     continue
                 raise
 
+    async def fetch_once(self, path: str, deadline: Deadline) -> SourceRecord:
+        """The record at ``path`` from one call: no retry, no call shared with others.
+
+        For callers that budget every call they send (reconciliation): each call here
+        is one request to the source, under its breaker, timeout and concurrency cap.
+        """
+        return await self._fetch_once(path, deadline)
+
     def _forget(self, path: str, done: asyncio.Future[SourceRecord]) -> None:
         if self._in_flight.get(path) is done:
             del self._in_flight[path]
