@@ -19,6 +19,9 @@ Parts:
     Decisions: :class:`AuditStore` (group commit, reads, rollbacks),
         :class:`DecisionReads` (access log, search, chain verification),
         :class:`DecisionSealer` and :func:`verify` (the hash chain over the records).
+    Served staleness: :class:`FreshnessRollup` (the rollup of committed decisions),
+        :func:`serve_windows` and :func:`staleness_windows` (windows read from it, as
+        :class:`ServeCounts` and histogram buckets).
     Reconciliation: :class:`ReconciliationStore` (runs, findings, the per-source
         run lock).
     Events: :class:`OutboxRelay`, :class:`KafkaPublisher`, :class:`DeadLetterQueue`
@@ -48,7 +51,7 @@ from writeback.errors import (
     RecordRefused,
     RequestMismatch,
 )
-from writeback.freshness import FreshnessRollup
+from writeback.freshness import FreshnessRollup, ServeCounts, serve_windows, staleness_windows
 from writeback.kafka import KafkaPublisher, OutgoingMessage
 from writeback.pool import create_pool, reconnect_if_read_only
 from writeback.reconciliation import ReconciliationStore
@@ -77,11 +80,14 @@ __all__ = [
     "RequestMismatch",
     "Retention",
     "RetentionReport",
+    "ServeCounts",
     "WritebackConfig",
     "add_commands",
     "create_pool",
     "ensure_database",
     "migrate",
     "reconnect_if_read_only",
+    "serve_windows",
+    "staleness_windows",
     "verify",
 ]
