@@ -35,6 +35,17 @@ class GatewaySettings(msgspec.Struct, frozen=True, kw_only=True):
             against Redis. A read holds a connection for one round trip, a small part
             of a request, so far fewer than ``max_in_flight`` keep every admitted
             request served; a burst then opens at most this many connections at once.
+        reconcile_interval_s: seconds between the background reconciliation rounds,
+            each over every feature with a source and ``reconcile`` (from the end of one
+            round to the start of the next; 0 turns the job off)
+            (``SCOREGATE_RECONCILE_INTERVAL_S``, default 300).
+        reconcile_sample: entities each round samples per feature
+            (``SCOREGATE_RECONCILE_SAMPLE``, default 100).
+        reconcile_repair: whether the rounds write the source's value where the store
+            disagrees (``SCOREGATE_RECONCILE_REPAIR``, default off: report only).
+        reconcile_retention_days: days reconciliation runs and findings are kept
+            (``SCOREGATE_RECONCILE_RETENTION_DAYS``, default 30). The rate of calls to
+            each source is its registry's ``reconcile_calls_per_s``.
     """
 
     registry_path: Path
@@ -48,6 +59,10 @@ class GatewaySettings(msgspec.Struct, frozen=True, kw_only=True):
     metrics_public: bool = True
     max_in_flight: int = 512
     redis_max_connections: int = 64
+    reconcile_interval_s: int = 300
+    reconcile_sample: int = 100
+    reconcile_repair: bool = False
+    reconcile_retention_days: int = 30
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> GatewaySettings:
@@ -72,6 +87,12 @@ class GatewaySettings(msgspec.Struct, frozen=True, kw_only=True):
             metrics_public=_flag(env.get("SCOREGATE_METRICS_PUBLIC", "true")),
             max_in_flight=env_int(env, "SCOREGATE_MAX_IN_FLIGHT", 512),
             redis_max_connections=env_int(env, "SCOREGATE_REDIS_MAX_CONNECTIONS", 64),
+            reconcile_interval_s=env_int(
+                env, "SCOREGATE_RECONCILE_INTERVAL_S", 300, allow_zero=True
+            ),
+            reconcile_sample=env_int(env, "SCOREGATE_RECONCILE_SAMPLE", 100),
+            reconcile_repair=_flag(env.get("SCOREGATE_RECONCILE_REPAIR", "false")),
+            reconcile_retention_days=env_int(env, "SCOREGATE_RECONCILE_RETENTION_DAYS", 30),
             registry_path=Path(registry),
             redis_url=env.get("SCOREGATE_REDIS_URL", "redis://127.0.0.1:6379/0"),
             redis_prefix=env.get("SCOREGATE_REDIS_PREFIX", "sg"),
