@@ -24,6 +24,9 @@ Parts:
         :class:`ServeCounts` and histogram buckets).
     Reconciliation: :class:`ReconciliationStore` (runs, findings, the per-source
         run lock).
+    Freshness alerts: :class:`FreshnessAlertStore` (one evaluation at a time, its
+        :class:`AlertEvaluation` storing each :class:`AlertUpdate` and queueing the
+        CloudEvent of a change in the outbox; :class:`StoredAlert` states).
     Events: :class:`OutboxRelay`, :class:`KafkaPublisher`, :class:`DeadLetterQueue`
         (with :class:`OutboxStats`), :class:`Retention` (with :class:`RetentionReport`).
     Errors: :class:`AuditUnavailable` (PostgreSQL could not be reached or used, from
@@ -52,6 +55,12 @@ from writeback.errors import (
     RequestMismatch,
 )
 from writeback.freshness import FreshnessRollup, ServeCounts, serve_windows, staleness_windows
+from writeback.freshness_alerts import (
+    AlertEvaluation,
+    AlertUpdate,
+    FreshnessAlertStore,
+    StoredAlert,
+)
 from writeback.kafka import KafkaPublisher, OutgoingMessage
 from writeback.pool import create_pool, reconnect_if_read_only
 from writeback.reconciliation import ReconciliationStore
@@ -62,6 +71,8 @@ from writeback.seals import DecisionSealer, verify
 
 __all__ = [
     "ERROR_HEADER_PREFIX",
+    "AlertEvaluation",
+    "AlertUpdate",
     "AuditStore",
     "AuditUnavailable",
     "BadCursor",
@@ -69,6 +80,7 @@ __all__ = [
     "DeadLetterQueue",
     "DecisionReads",
     "DecisionSealer",
+    "FreshnessAlertStore",
     "FreshnessRollup",
     "KafkaPublisher",
     "NotDeadLettered",
@@ -81,6 +93,7 @@ __all__ = [
     "Retention",
     "RetentionReport",
     "ServeCounts",
+    "StoredAlert",
     "WritebackConfig",
     "add_commands",
     "create_pool",

@@ -252,7 +252,7 @@ class FreshnessRollup:
 
 
 async def serve_windows(
-    pool: asyncpg.Pool,
+    pool: asyncpg.Pool | asyncpg.pool.PoolConnectionProxy,
     resolution_s: int,
     windows_s: Sequence[int],
     now: datetime,
@@ -261,7 +261,7 @@ async def serve_windows(
     """Serves per window (seconds back from ``now``) and feature, in one query.
 
     Args:
-        pool: The audit database's pool.
+        pool: The audit database's pool, or a connection (to read in its transaction).
         resolution_s: The rollup's fine grain.
         windows_s: The windows' lengths in seconds.
         now: Where the windows end.

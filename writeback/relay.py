@@ -79,7 +79,7 @@ FROM claimable AS c
 WHERE o.seq = c.seq
 RETURNING o.seq, o.event_id, o.decision_id, o.event_type, o.topic, o.message_key, o.payload,
           o.event_time, o.created_at, o.attempts, o.failures, o.error_class, o.last_error,
-          o.first_failed_at, o.last_failed_at, o.dead_letter_reason, o.traceparent
+          o.first_failed_at, o.last_failed_at, o.dead_letter_reason, o.traceparent, o.subject
 """
 
 # Keeps a cycle's claims its own while it publishes.
@@ -391,7 +391,7 @@ class OutboxRelay:
         return outcomes
 
     async def _ensure_topics(self) -> BaseException | None:
-        """Create the outcome and dead-letter topics once per broker session.
+        """Create the outcome, dead-letter and alerts topics once per broker session.
 
         Returns:
             The error if the broker cannot be reached (every event then waits);
@@ -402,7 +402,8 @@ class OutboxRelay:
             return None
         try:
             await self._publisher.ensure_started()
-            for topic in (self._config.topic, self._config.dead_letter_topic):
+            topics = (self._config.topic, self._config.dead_letter_topic, self._config.alerts_topic)
+            for topic in topics:
                 await self._publisher.ensure_topic(topic, self._config.topic_partitions)
         except Exception as exc:
             if failure_kind(exc) == "transient":
@@ -507,7 +508,8 @@ class OutboxRelay:
             ("ce_type", row["event_type"].encode()),
             ("ce_source", self._config.event_source.encode()),
             ("ce_time", _rfc3339(row["event_time"]).encode()),
-            ("ce_subject", str(row["decision_id"]).encode()),
+            # A decision event's subject is its decision; a freshness alert's its feature.
+            ("ce_subject", (row["subject"] or str(row["decision_id"])).encode()),
             ("content-type", _CONTENT_TYPE),
         ]
 
