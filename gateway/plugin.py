@@ -31,6 +31,7 @@ from gateway.features.assembler import FeatureAssembler
 from gateway.features.online_store import OnlineStore
 from gateway.features.push import FeaturePusher
 from gateway.features.sources import SourceClient
+from gateway.freshness.report import FreshnessReporter
 from gateway.freshness.signals import BreakerBoard
 from gateway.health import HealthChecks
 from gateway.loop_lag import LoopLagMonitor
@@ -93,6 +94,7 @@ class GatewayPlugin(InitPluginProtocol):
         self._relay: OutboxRelay | None = None
         self._board: BreakerBoard | None = None
         self._rollup: FreshnessRollup | None = None
+        self._freshness: FreshnessReporter | None = None
 
     @property
     def audit(self) -> AuditStore:
@@ -103,6 +105,11 @@ class GatewayPlugin(InitPluginProtocol):
     def rollup(self) -> FreshnessRollup:
         """The served-staleness rollup (running while the app runs)."""
         return _started(self._rollup)
+
+    @property
+    def freshness(self) -> FreshnessReporter:
+        """The freshness report of ``GET /freshness`` (open while the app runs)."""
+        return _started(self._freshness)
 
     @property
     def reads(self) -> DecisionReads:
@@ -149,6 +156,7 @@ class GatewayPlugin(InitPluginProtocol):
             "dead_letters": lambda: self.dead_letters,
             "replayer": lambda: self.replayer,
             "health": lambda: self.health,
+            "freshness": lambda: self.freshness,
         }
         for name, part in parts.items():
             app_config.dependencies[name] = Provide(part, sync_to_thread=False)
@@ -218,6 +226,13 @@ class GatewayPlugin(InitPluginProtocol):
         await self._sealer.start()
         self._rollup = FreshnessRollup(pool, config.freshness_resolution_s)
         await self._rollup.start()
+        self._freshness = FreshnessReporter.from_url(
+            self.registry,
+            pool,
+            self.settings.redis_url,
+            self.settings.redis_prefix,
+            config.freshness_resolution_s,
+        )
         await self._loop_lag.start()
         self._board = BreakerBoard.from_url(
             self.settings.redis_url, self.settings.redis_prefix, self._breakers
@@ -237,6 +252,9 @@ class GatewayPlugin(InitPluginProtocol):
             await self._sealer.stop()
         if self._rollup is not None:
             await self._rollup.stop()
+        if self._freshness is not None:
+            await self._freshness.close()
+            self._freshness = None
         if self._retention is not None:
             await self._retention.stop()
         if self._relay is not None:
