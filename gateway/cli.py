@@ -18,6 +18,7 @@ import uvicorn
 
 import writeback
 from gateway.auth import ROLES, new_key
+from gateway.freshness.reconcile_cli import add_commands as add_reconcile_commands
 from gateway.ingest.cli import add_commands as add_ingest_commands
 from gateway.registry import RegistryError, load_registry
 from gateway.settings import GatewaySettings
@@ -220,8 +221,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1)
     serve.add_argument("--log-level", default="warning")
-    # ingest, relay, migrate, maintain, dlq and audit: each parser's `run` carries it out.
+    # ingest, reconcile, relay, migrate, maintain, dlq, audit: each parser's `run` carries it out.
     add_ingest_commands(commands)
+    add_reconcile_commands(commands)
     writeback.add_commands(commands)
     dev = commands.add_parser(
         "dev", help="the sample stack on this machine, until Ctrl-C (needs scoregate-dev)"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Gauge, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, generate_latest
 
 from writeback import AuditUnavailable, DeadLetterQueue
 
@@ -32,6 +32,24 @@ OUTBOX_PENDING = Gauge(
 DEAD_LETTER_DEPTH = Gauge(
     "scoregate_dead_letter_queue_depth",
     "Outcome events in the dead-letter queue, waiting for a redrive.",
+)
+
+RECONCILIATION_RUNS = Counter(
+    "scoregate_reconciliation_runs_total",
+    "Reconciliation runs this process made, by feature and why the run ended early"
+    ' ("none" when it checked its whole sample).',
+    ["feature", "stopped_reason"],
+)
+RECONCILIATION_FINDINGS = Counter(
+    "scoregate_reconciliation_findings_total",
+    "Entities reconciliation checked, by feature and what it found (match,"
+    " newer_at_source, mismatch, missing_in_store, missing_at_source).",
+    ["feature", "kind"],
+)
+RECONCILIATION_REPAIRS = Counter(
+    "scoregate_reconciliation_repairs_total",
+    "Source values reconciliation wrote into the online store, by feature.",
+    ["feature"],
 )
 
 

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 import asyncpg
+import redis.asyncio as aioredis
 from litestar import Litestar
 from litestar.config.app import AppConfig
 from litestar.di import Provide
@@ -31,7 +32,7 @@ from gateway.features.assembler import FeatureAssembler
 from gateway.features.online_store import OnlineStore
 from gateway.features.push import FeaturePusher
 from gateway.features.sources import SourceClient
-from gateway.freshness.report import FreshnessReporter
+from gateway.freshness.reconciliation import EntitySampler, Reconciler, ReconciliationJob
 from gateway.freshness.signals import BreakerBoard
 from gateway.health import HealthChecks
 from gateway.loop_lag import LoopLagMonitor
@@ -49,6 +50,7 @@ from writeback import (
     FreshnessRollup,
     KafkaPublisher,
     OutboxRelay,
+    ReconciliationStore,
     Retention,
     create_pool,
     reconnect_if_read_only,
@@ -93,8 +95,10 @@ class GatewayPlugin(InitPluginProtocol):
         self._retention: Retention | None = None
         self._relay: OutboxRelay | None = None
         self._board: BreakerBoard | None = None
+        self._reconciliation: ReconciliationStore | None = None
+        self._sampler: EntitySampler | None = None
+        self._reconcile_job: ReconciliationJob | None = None
         self._rollup: FreshnessRollup | None = None
-        self._freshness: FreshnessReporter | None = None
 
     @property
     def audit(self) -> AuditStore:
@@ -105,11 +109,6 @@ class GatewayPlugin(InitPluginProtocol):
     def rollup(self) -> FreshnessRollup:
         """The served-staleness rollup (running while the app runs)."""
         return _started(self._rollup)
-
-    @property
-    def freshness(self) -> FreshnessReporter:
-        """The freshness report of ``GET /freshness`` (open while the app runs)."""
-        return _started(self._freshness)
 
     @property
     def reads(self) -> DecisionReads:
@@ -156,7 +155,7 @@ class GatewayPlugin(InitPluginProtocol):
             "dead_letters": lambda: self.dead_letters,
             "replayer": lambda: self.replayer,
             "health": lambda: self.health,
-            "freshness": lambda: self.freshness,
+            "reconciliation_runs": lambda: _started(self._reconciliation),
         }
         for name, part in parts.items():
             app_config.dependencies[name] = Provide(part, sync_to_thread=False)
@@ -214,6 +213,7 @@ class GatewayPlugin(InitPluginProtocol):
         self._scoring = ScoringParts(scorer, self.admission, self.masker)
         self._replayer = Replayer(self.registry, self.models)
         self._reads = DecisionReads(pool, config.verify_pace)
+        await self._start_reconciliation(pool)
         self._health = HealthChecks(
             audit=audit,
             store=self.store,
@@ -226,13 +226,6 @@ class GatewayPlugin(InitPluginProtocol):
         await self._sealer.start()
         self._rollup = FreshnessRollup(pool, config.freshness_resolution_s)
         await self._rollup.start()
-        self._freshness = FreshnessReporter.from_url(
-            self.registry,
-            pool,
-            self.settings.redis_url,
-            self.settings.redis_prefix,
-            config.freshness_resolution_s,
-        )
         await self._loop_lag.start()
         self._board = BreakerBoard.from_url(
             self.settings.redis_url, self.settings.redis_prefix, self._breakers
@@ -244,6 +237,7 @@ class GatewayPlugin(InitPluginProtocol):
 
     async def stop(self) -> None:
         """Stop the background jobs and close connections; queued commits are flushed."""
+        await self._stop_reconciliation()
         if self._board is not None:
             await self._board.stop()
             self._board = None
@@ -252,9 +246,6 @@ class GatewayPlugin(InitPluginProtocol):
             await self._sealer.stop()
         if self._rollup is not None:
             await self._rollup.stop()
-        if self._freshness is not None:
-            await self._freshness.close()
-            self._freshness = None
         if self._retention is not None:
             await self._retention.stop()
         if self._relay is not None:
@@ -269,6 +260,33 @@ class GatewayPlugin(InitPluginProtocol):
         await self.store.close()
         if self._session is not None:
             await self._session.close()
+
+    async def _start_reconciliation(self, pool: asyncpg.Pool) -> None:
+        """Open the reconciliation store and start its job, unless its interval is 0."""
+        settings = self.settings
+        self._reconciliation = runs = ReconciliationStore(pool, settings.writeback.database_url)
+        if settings.reconcile_interval_s <= 0:
+            return
+        client = aioredis.Redis.from_url(settings.redis_url)
+        self._sampler = sampler = EntitySampler(client, self.store)
+        reconciler = Reconciler(self.registry, self.store, self.sources, sampler, runs)
+        self._reconcile_job = ReconciliationJob(
+            reconciler,
+            runs,
+            interval_s=settings.reconcile_interval_s,
+            sample=settings.reconcile_sample,
+            repair=settings.reconcile_repair,
+            retention_days=settings.reconcile_retention_days,
+        )
+        await self._reconcile_job.start()
+
+    async def _stop_reconciliation(self) -> None:
+        if self._reconcile_job is not None:
+            await self._reconcile_job.stop()
+            self._reconcile_job = None
+        if self._sampler is not None:
+            await self._sampler.close()
+            self._sampler = None
 
     def _breakers(self) -> Iterator[DependencyBreaker]:
         yield self.store.breaker

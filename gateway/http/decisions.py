@@ -18,6 +18,7 @@ from contracts.decisions import DecisionRecord, RollbackRequest, RollbackState
 from gateway.auth import Principal, requires
 from gateway.errors import BadRequest, NotFound
 from gateway.http.openapi import error_responses
+from gateway.http.reconciliation import with_reconciliation
 from gateway.masking import PiiMasker
 from gateway.replay import Replayer
 from writeback import AuditStore, BadCursor, DecisionReads
@@ -44,6 +45,8 @@ async def read_decision(
 ) -> DecisionRecord:
     """The record (masked for callers without the pii scope), its read recorded.
 
+    The record carries what reconciliation found of the values it served.
+
     Raises:
         NotFound: There is no such decision.
         AuditUnavailable: PostgreSQL could not be reached.
@@ -52,7 +55,8 @@ async def read_decision(
     if record is None:
         raise NotFound(f"no decision {decision_id}", field="decision_id")
     await reads.record(record.decision_id, principal.key_id, via, purpose)
-    return record if principal.sees_pii else masker.record(record)
+    shown = record if principal.sees_pii else masker.record(record)
+    return await with_reconciliation(shown, reads, masker, principal.sees_pii)
 
 
 @get("/decisions/{decision_id:str}", opt=requires("auditor"), responses=error_responses(404, 503))

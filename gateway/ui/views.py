@@ -8,7 +8,7 @@ from typing import Literal
 
 import msgspec
 
-from contracts.decisions import DecisionRecord
+from contracts.decisions import DecisionRecord, FeatureCheck
 from contracts.features import FeatureValue, Lineage
 
 
@@ -37,6 +37,8 @@ class FeatureRow:
     lineage_id: str | None
     lineage: Lineage | None
     problem: str | None
+    check: FeatureCheck | None = None
+    """What reconciliation later found of the value served, if a run covered it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +112,7 @@ def feature_rows(record: DecisionRecord) -> list[FeatureRow]:
             lineage_id=feature.lineage_id,
             lineage=record.lineage.get(name),
             problem=record.problems.get(name),
+            check=record.reconciliation.get(name),
         )
         for name, feature in record.features.items()
     ]
