@@ -33,6 +33,7 @@ from gateway.features.online_store import OnlineStore
 from gateway.features.push import FeaturePusher
 from gateway.features.sources import SourceClient
 from gateway.freshness.reconciliation import EntitySampler, Reconciler, ReconciliationJob
+from gateway.freshness.report import FreshnessReporter
 from gateway.freshness.signals import BreakerBoard
 from gateway.health import HealthChecks
 from gateway.loop_lag import LoopLagMonitor
@@ -99,6 +100,7 @@ class GatewayPlugin(InitPluginProtocol):
         self._sampler: EntitySampler | None = None
         self._reconcile_job: ReconciliationJob | None = None
         self._rollup: FreshnessRollup | None = None
+        self._freshness: FreshnessReporter | None = None
 
     @property
     def audit(self) -> AuditStore:
@@ -109,6 +111,11 @@ class GatewayPlugin(InitPluginProtocol):
     def rollup(self) -> FreshnessRollup:
         """The served-staleness rollup (running while the app runs)."""
         return _started(self._rollup)
+
+    @property
+    def freshness(self) -> FreshnessReporter:
+        """The freshness report of ``GET /freshness`` (open while the app runs)."""
+        return _started(self._freshness)
 
     @property
     def reads(self) -> DecisionReads:
@@ -156,6 +163,7 @@ class GatewayPlugin(InitPluginProtocol):
             "replayer": lambda: self.replayer,
             "health": lambda: self.health,
             "reconciliation_runs": lambda: _started(self._reconciliation),
+            "freshness": lambda: self.freshness,
         }
         for name, part in parts.items():
             app_config.dependencies[name] = Provide(part, sync_to_thread=False)
@@ -226,6 +234,13 @@ class GatewayPlugin(InitPluginProtocol):
         await self._sealer.start()
         self._rollup = FreshnessRollup(pool, config.freshness_resolution_s)
         await self._rollup.start()
+        self._freshness = FreshnessReporter.from_url(
+            self.registry,
+            pool,
+            self.settings.redis_url,
+            self.settings.redis_prefix,
+            config.freshness_resolution_s,
+        )
         await self._loop_lag.start()
         self._board = BreakerBoard.from_url(
             self.settings.redis_url, self.settings.redis_prefix, self._breakers
@@ -246,6 +261,9 @@ class GatewayPlugin(InitPluginProtocol):
             await self._sealer.stop()
         if self._rollup is not None:
             await self._rollup.stop()
+        if self._freshness is not None:
+            await self._freshness.close()
+            self._freshness = None
         if self._retention is not None:
             await self._retention.stop()
         if self._relay is not None:

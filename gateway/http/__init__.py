@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from litestar.handlers import HTTPRouteHandler
 
-from gateway.http import decisions, features, health, operations, reconciliation, scoring
+from gateway.http import (
+    decisions,
+    features,
+    freshness,
+    health,
+    operations,
+    reconciliation,
+    scoring,
+)
 
 
 def route_handlers(*, metrics_public: bool) -> list[HTTPRouteHandler]:
@@ -18,6 +26,7 @@ def route_handlers(*, metrics_public: bool) -> list[HTTPRouteHandler]:
         *scoring.handlers,
         *features.handlers,
         *decisions.handlers,
+        *freshness.handlers,
         *reconciliation.handlers,
         *health.handlers,
         *operations.handlers(metrics_public=metrics_public),
