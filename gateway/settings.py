@@ -46,6 +46,10 @@ class GatewaySettings(msgspec.Struct, frozen=True, kw_only=True):
         reconcile_retention_days: days reconciliation runs and findings are kept
             (``SCOREGATE_RECONCILE_RETENTION_DAYS``, default 30). The rate of calls to
             each source is its registry's ``reconcile_calls_per_s``.
+        alert_interval_s: seconds between two evaluations of the freshness burn-rate
+            alerts; every process evaluates, one at a time, so the alerts are evaluated
+            about this often however many run (0 turns the evaluator off)
+            (``SCOREGATE_ALERT_INTERVAL_S``, default 15).
     """
 
     registry_path: Path
@@ -63,6 +67,7 @@ class GatewaySettings(msgspec.Struct, frozen=True, kw_only=True):
     reconcile_sample: int = 100
     reconcile_repair: bool = False
     reconcile_retention_days: int = 30
+    alert_interval_s: int = 15
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> GatewaySettings:
@@ -93,6 +98,7 @@ class GatewaySettings(msgspec.Struct, frozen=True, kw_only=True):
             reconcile_sample=env_int(env, "SCOREGATE_RECONCILE_SAMPLE", 100),
             reconcile_repair=_flag(env.get("SCOREGATE_RECONCILE_REPAIR", "false")),
             reconcile_retention_days=env_int(env, "SCOREGATE_RECONCILE_RETENTION_DAYS", 30),
+            alert_interval_s=env_int(env, "SCOREGATE_ALERT_INTERVAL_S", 15, allow_zero=True),
             registry_path=Path(registry),
             redis_url=env.get("SCOREGATE_REDIS_URL", "redis://127.0.0.1:6379/0"),
             redis_prefix=env.get("SCOREGATE_REDIS_PREFIX", "sg"),
