@@ -14,6 +14,7 @@ import msgspec
 
 from contracts.features import FeatureScalar
 from contracts.registry import (
+    BurnRateAlert,
     ContextFeature,
     DType,
     Entity,
@@ -241,6 +242,7 @@ def parse_registry(data: bytes, origin: str = "<registry>") -> Registry:
         for i, model in enumerate(spec.models)
     }
     streams = checker.streams(spec.streams, entities, features)
+    checker.alerts(spec.freshness.alerts)
     return Registry(
         file=spec,
         digest=hashlib.sha256(data).hexdigest()[:16],
@@ -426,6 +428,20 @@ class _Checker:
                     f"$.streams[{i}].topic",
                 )
         return by_topic
+
+    def alerts(self, alerts: Sequence[BurnRateAlert]) -> None:
+        seen: set[str] = set()
+        for i, alert in enumerate(alerts):
+            at = f"$.freshness.alerts[{i}]"
+            if alert.name in seen:
+                self.fail(f"duplicate name {alert.name!r}", f"{at}.name")
+            seen.add(alert.name)
+            if alert.short_window_s >= alert.long_window_s:
+                self.fail(
+                    f"short_window_s must be shorter than long_window_s ({alert.long_window_s}):"
+                    " the short window makes the alert clear soon after its cause ends",
+                    f"{at}.short_window_s",
+                )
 
     def table(
         self,
