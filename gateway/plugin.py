@@ -32,6 +32,7 @@ from gateway.features.assembler import FeatureAssembler
 from gateway.features.online_store import OnlineStore
 from gateway.features.push import FeaturePusher
 from gateway.features.sources import SourceClient
+from gateway.freshness.alerts import FreshnessAlertEvaluator
 from gateway.freshness.reconciliation import EntitySampler, Reconciler, ReconciliationJob
 from gateway.freshness.report import FreshnessReporter
 from gateway.freshness.signals import BreakerBoard
@@ -48,6 +49,7 @@ from writeback import (
     DeadLetterQueue,
     DecisionReads,
     DecisionSealer,
+    FreshnessAlertStore,
     FreshnessRollup,
     KafkaPublisher,
     OutboxRelay,
@@ -100,6 +102,8 @@ class GatewayPlugin(InitPluginProtocol):
         self._sampler: EntitySampler | None = None
         self._reconcile_job: ReconciliationJob | None = None
         self._rollup: FreshnessRollup | None = None
+        self._alert_states: FreshnessAlertStore | None = None
+        self._alerts: FreshnessAlertEvaluator | None = None
         self._freshness: FreshnessReporter | None = None
 
     @property
@@ -164,6 +168,7 @@ class GatewayPlugin(InitPluginProtocol):
             "health": lambda: self.health,
             "reconciliation_runs": lambda: _started(self._reconciliation),
             "freshness": lambda: self.freshness,
+            "alert_states": lambda: _started(self._alert_states),
         }
         for name, part in parts.items():
             app_config.dependencies[name] = Provide(part, sync_to_thread=False)
@@ -234,6 +239,16 @@ class GatewayPlugin(InitPluginProtocol):
         await self._sealer.start()
         self._rollup = FreshnessRollup(pool, config.freshness_resolution_s)
         await self._rollup.start()
+        self._alert_states = FreshnessAlertStore(pool, config)
+        if self.settings.alert_interval_s > 0:
+            self._alerts = FreshnessAlertEvaluator(
+                self.registry,
+                self._alert_states,
+                self._rollup,
+                self.settings.alert_interval_s,
+                pool,
+            )
+            await self._alerts.start()
         self._freshness = FreshnessReporter.from_url(
             self.registry,
             pool,
@@ -259,6 +274,9 @@ class GatewayPlugin(InitPluginProtocol):
         await self._loop_lag.stop()
         if self._sealer is not None:
             await self._sealer.stop()
+        if self._alerts is not None:
+            await self._alerts.stop()
+            self._alerts = None
         if self._rollup is not None:
             await self._rollup.stop()
         if self._freshness is not None:

@@ -253,15 +253,16 @@ class FreshnessAlertStore:
         What the block stores commits when it ends, and nothing of it when it raises.
 
         Raises:
-            asyncpg.PostgresError: A statement failed.
-            OSError: PostgreSQL could not be reached.
+            AuditUnavailable: PostgreSQL could not be reached or used (also when a
+                statement of the block failed); nothing of the block was stored.
         """
-        async with self._pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(_LOCK)
-            if row is None or not row["locked"]:
-                yield None
-                return
-            yield AlertEvaluation(conn, self._config, row["now"])
+        with unavailable_on_error("evaluate the freshness alerts"):
+            async with self._pool.acquire() as conn, conn.transaction():
+                row = await conn.fetchrow(_LOCK)
+                if row is None or not row["locked"]:
+                    yield None
+                    return
+                yield AlertEvaluation(conn, self._config, row["now"])
 
     async def read(
         self, features: Iterable[str] | None = None, changes: int = 50
