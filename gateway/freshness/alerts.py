@@ -65,6 +65,7 @@ BURN_RATE = Gauge(
     ["feature", "alert", "window"],
 )
 
+_ROUNDING = 1e-9
 _DB_ERRORS = (AuditUnavailable, OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
@@ -126,7 +127,9 @@ def judge(
     if long_rate is None or short_rate is None:
         now_firing = firing
     else:
-        now_firing = long_rate >= alert.burn_rate and short_rate >= alert.burn_rate
+        # A rate reaching the threshold in exact arithmetic may fall a rounding short.
+        reached = alert.burn_rate * (1 - _ROUNDING)
+        now_firing = long_rate >= reached and short_rate >= reached
     return Verdict(
         firing=now_firing, changed=now_firing != firing, long_rate=long_rate, short_rate=short_rate
     )
