@@ -1,4 +1,4 @@
-"""The pages' handlers: login, logout, the decision search and one decision.
+"""The pages' handlers: login, logout, the decision search, one decision, freshness.
 
 The pages are left out of the API's authentication middleware and check the cookie
 themselves (the ``viewer`` dependency), so that a missing or bad key leads to the
@@ -25,6 +25,7 @@ from litestar.types import ExceptionHandlersMap
 
 from gateway.auth import COOKIE, KeyRing, Principal
 from gateway.errors import GatewayError
+from gateway.freshness.report import FreshnessReporter
 from gateway.http.decisions import read_decision
 from gateway.http.errors import as_answered, store_error, with_retry_after
 from gateway.masking import PiiMasker
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 
 _PUBLIC = {"exclude_from_auth": True}
 _HOME = "/ui/decisions"
+_FRESHNESS = "/ui/freshness"
 # Where a login may send the browser afterwards: a page of ours, nothing else.
 _NEXT = re.compile(r"/ui/[A-Za-z0-9/_.~%?&=+:-]*")
 
@@ -66,13 +68,18 @@ def _safe_next(target: str | None) -> str:
     return target if target and _NEXT.fullmatch(target) else _HOME
 
 
-def viewer(request: Request[Any, Any, Any], keyring: NamedDependency[KeyRing]) -> Principal:
-    """The principal of the page's cookie; login form without one, 403 without the role."""
+def _cookie_principal(request: Request[Any, Any, Any], keyring: KeyRing) -> Principal:
     presented = request.cookies.get(COOKIE, "")
     principal = keyring.authenticate(presented) if presented else None
     if principal is None:
         query = request.url.query
         raise _LoginRequired(request.url.path + (f"?{query}" if query else ""))
+    return principal
+
+
+def viewer(request: Request[Any, Any, Any], keyring: NamedDependency[KeyRing]) -> Principal:
+    """The principal of the page's cookie; login form without one, 403 without the role."""
+    principal = _cookie_principal(request, keyring)
     if not principal.has("auditor"):
         raise PermissionDeniedException(
             f"key {principal.key_id} does not hold the auditor role: decisions are not shown"
@@ -130,9 +137,12 @@ async def login(
     if principal is None:
         context = {"next": back, "message": "That key is not valid."}
         return Template("login.html", context=context, status_code=401)
-    if not principal.has("auditor"):
-        message = f"Key {principal.key_id} does not hold the auditor role."
+    if not (principal.has("auditor") or principal.has("operator")):
+        message = f"Key {principal.key_id} does not hold the auditor role (nor the operator role)."
         return Template("login.html", context={"next": back, "message": message}, status_code=403)
+    if not principal.has("auditor") and back == _HOME:
+        # Operators read the freshness page; the decisions are the auditors'.
+        back = _FRESHNESS
     cookie = Cookie(
         key=COOKIE,
         value=key,
@@ -244,6 +254,36 @@ async def decision_page(
     )
 
 
+@get("/freshness", opt=_PUBLIC, include_in_schema=False)
+async def freshness_page(
+    request: Request[Any, Any, Any],
+    keyring: NamedDependency[KeyRing],
+    freshness: NamedDependency[FreshnessReporter],
+    registry: NamedDependency[Registry],
+    feature: Filter = None,
+) -> Template:
+    """Every feature's SLA against how it was served, and what fed it (auditors, operators)."""
+    principal = _cookie_principal(request, keyring)
+    if not (principal.has("auditor") or principal.has("operator")):
+        raise PermissionDeniedException(
+            f"key {principal.key_id} holds neither the auditor nor the operator role:"
+            " freshness is not shown"
+        )
+    wanted = _optional(feature)
+    if wanted is not None and wanted not in registry.features:
+        raise _PageError(404, f"feature: {wanted!r} is not in the registry")
+    report = await freshness.report(wanted)
+    return Template(
+        "freshness.html",
+        context={
+            "viewer": principal,
+            "report": report,
+            "feature": wanted,
+            "features": list(registry.features),
+        },
+    )
+
+
 def _error_page(status_code: int, detail: str, headers: dict[str, str] | None = None) -> Template:
     titles = {400: "Bad request", 403: "Not allowed", 404: "Not found", 503: "Unavailable"}
     return Template(
@@ -288,7 +328,7 @@ def _internal_page(request: Request[Any, Any, Any], exc: Exception) -> Response[
     return _error_page(500, "The page could not be made; the error is logged.")
 
 
-handlers = [home, login_form, login, logout, search_page, decision_page]
+handlers = [home, login_form, login, logout, search_page, decision_page, freshness_page]
 
 exception_handlers: ExceptionHandlersMap = {
     _LoginRequired: _to_login,
