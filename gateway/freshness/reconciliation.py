@@ -26,7 +26,8 @@ The source is a production system. A run reads each entity's stored value just b
 its call, sends each call once (no retries, no call shared with ``/score``), and
 spends from :class:`CallBudget`, the source's budget of ``reconcile_calls_per_s``,
 which every run in the process shares; across processes, runs against one source take
-turns (:meth:`writeback.ReconciliationStore.lock`), so the budget holds globally. A run
+turns (:meth:`writeback.ReconciliationStore.lock`), and a run lets go of its source a
+second after its last call ended, so the budget holds globally. A run
 stops when the source's breaker is not closed: it neither adds to an outage nor takes
 the half-open probe that ``/score`` needs to find the source back.
 """
@@ -178,6 +179,19 @@ class CallBudget:
             yield
         finally:
             ended_at.set_result(self._clock())
+
+    async def settle(self) -> None:
+        """Wait until a second has passed since the last call ended.
+
+        A run against the source in another process, which counts its calls on a budget
+        of its own, may then start without its first calls sharing a second at the
+        source with this process's last ones.
+        """
+        async with self._turn:
+            if self._recent:
+                ended = await asyncio.shield(self._recent[-1])
+                while (wait := ended + WINDOW_S - self._clock()) > 0:
+                    await self._sleep(wait)
 
 
 class CallBudgets:
@@ -382,7 +396,12 @@ class Reconciler:
                 return None
             run, findings = await self._run_and_keep(feature, sample, repair, entity_ids, stopping)
             await self._runs.save(run, findings)
+            # The next holder of the lock, in any process, starts with a second of its own.
+            await self._budget(feature.source).settle()
         return run
+
+    def _budget(self, source: str) -> CallBudget:
+        return self._budgets.of(source, self._sources[source].source.reconcile_calls_per_s)
 
     async def _run(
         self,
@@ -406,7 +425,7 @@ class Reconciler:
         source_name = feature.source
         assert source_name is not None  # checked by _feature
         client = self._sources[source_name]
-        budget = self._budgets.of(source_name, client.source.reconcile_calls_per_s)
+        budget = self._budget(source_name)
         run_id = str(uuid.uuid4())
         started_at = datetime.now(UTC)
         tally = _Tally()
