@@ -23,15 +23,17 @@ from litestar.params import Body, FromPath, QueryParameter
 from litestar.response import Redirect, Template
 from litestar.types import ExceptionHandlersMap
 
+from contracts.freshness_alerts import AlertStatus
 from gateway.auth import COOKIE, KeyRing, Principal
 from gateway.errors import GatewayError
 from gateway.freshness.report import FreshnessReporter
 from gateway.http.decisions import read_decision
 from gateway.http.errors import as_answered, store_error, with_retry_after
+from gateway.http.freshness_alerts import current_alerts
 from gateway.masking import PiiMasker
 from gateway.registry import Registry
 from gateway.ui.views import feature_rows, timeline_rows
-from writeback import AuditStore, AuditUnavailable, BadCursor, DecisionReads
+from writeback import AuditStore, AuditUnavailable, BadCursor, DecisionReads, FreshnessAlertStore
 
 log = logging.getLogger(__name__)
 
@@ -260,6 +262,7 @@ async def freshness_page(
     keyring: NamedDependency[KeyRing],
     freshness: NamedDependency[FreshnessReporter],
     registry: NamedDependency[Registry],
+    alert_states: NamedDependency[FreshnessAlertStore],
     feature: Filter = None,
 ) -> Template:
     """Every feature's SLA against how it was served, and what fed it (auditors, operators)."""
@@ -273,6 +276,9 @@ async def freshness_page(
     if wanted is not None and wanted not in registry.features:
         raise _PageError(404, f"feature: {wanted!r} is not in the registry")
     report = await freshness.report(wanted)
+    alerts: dict[str, list[AlertStatus]] = {}
+    for status in (await current_alerts(alert_states, registry, changes=0)).alerts:
+        alerts.setdefault(status.feature, []).append(status)
     return Template(
         "freshness.html",
         context={
@@ -280,6 +286,7 @@ async def freshness_page(
             "report": report,
             "feature": wanted,
             "features": list(registry.features),
+            "alerts": alerts,
         },
     )
 

@@ -42,13 +42,14 @@ from contracts.events import (
     FreshnessRecovered,
 )
 from contracts.registry import OnlineStoreSpec
+from gateway.auth import COOKIE
 from gateway.deadline import Deadline
 from gateway.features.online_store import OnlineStore
 from gateway.ingest.worker import IngestSettings
 from gateway.settings import GatewaySettings
 from scoregate_dev.broker import LocalBroker, free_port, wait_for_port
 from tests.support.ingest import create_topic, feature_update, produce, running
-from tests.support.keys import API_KEYS, bearer
+from tests.support.keys import API_KEYS, KEYS, bearer
 
 pytestmark = pytest.mark.services
 
@@ -404,6 +405,14 @@ async def test_an_alert_fires_once_when_ingest_stops_and_clears_once_when_it_res
             FRESHNESS_RECOVERED,
             FRESHNESS_BREACHED,
         ]
+    async with httpx.AsyncClient(cookies={COOKIE: KEYS["auditor"]}) as browser:
+        page = await browser.get(f"{gateways[0][0]}/ui/freshness", params={"feature": FEATURE})
+    assert page.status_code == 200, page.text[:2000]
+    block = page.text[page.text.index("Burn-rate alerts") :]
+    row = block[block.index('<tr class="alert-fast">') :]
+    row = row[: row.index("</tr>")]
+    assert "alert-state closed" in row and ">ok<" in row
+    assert "over 20 s" in row and "over 5 s" in row
     for text in metrics:
         assert f'scoregate_freshness_alert_firing{{alert="fast",feature="{FEATURE}"}} 0.0' in text
 
