@@ -11,8 +11,10 @@ at the minute and the hour.
 
 Reports and burn-rate windows read these rows, never the records: a window's figures
 cost a few rows per feature and slot, however many decisions were made in it. Windows
-up to :data:`FINE_HORIZON_S` are read from the fine slots (exact to one slot at their
-start); longer ones from the hourly slots (exact to the hour).
+up to :data:`FINE_HORIZON_S` are exact to one fine slot at their start: they are read
+from the fine slots up to their first whole hour and from the hourly slots after it,
+so a day costs about an hour of fine slots. Longer ones are read from the hourly slots
+(exact to the hour).
 """
 
 from __future__ import annotations
@@ -109,32 +111,74 @@ WHERE (grain_s <> $1 AND slot_start < now() - make_interval(secs => $2))
    OR (grain_s = $1 AND slot_start < now() - make_interval(secs => $3))
 """
 _BACKLOG = "SELECT count(*) FROM freshness_queue"
-# Windows end at $1 (now) and start $2[i] seconds before it; each is read from the
-# fine slots when it fits their horizon, else from the hourly ones. A slot counts
-# when it starts within the window.
+# Windows end at $1 (now) and start $2[i] seconds before it; a slot counts when it
+# starts within the window. A window that fits the fine slots' horizon is read from
+# them up to the first whole hour in it and from the hourly slots after, which hold
+# the same counts in a 360th of the rows at 10 s: a day reads at most an hour of fine
+# slots and 25 hourly ones per feature. Longer windows are read from the hourly slots.
+# Hours are counted from the epoch, as the rollup counts them, not in the session's
+# time zone.
 _SERVE_WINDOWS = """
-SELECT w.window_s, s.feature,
-       sum(s.served)::bigint AS served, sum(s.within_sla)::bigint AS within_sla,
-       sum(s.fresh)::bigint AS fresh, sum(s.fallback)::bigint AS fallback,
-       sum(s.stale)::bigint AS stale, sum(s.defaulted)::bigint AS defaulted,
-       sum(s.missing)::bigint AS missing
-FROM unnest($2::integer[]) AS w (window_s)
-JOIN freshness_serves AS s
-  ON s.grain_s = CASE WHEN w.window_s <= $4 THEN $3::integer ELSE 3600 END
- AND s.slot_start > $1::timestamptz - make_interval(secs => w.window_s)
- AND s.slot_start <= $1::timestamptz
-WHERE $5::text[] IS NULL OR s.feature = ANY($5::text[])
-GROUP BY w.window_s, s.feature
+WITH w AS (
+    SELECT window_s, $1::timestamptz - make_interval(secs => window_s) AS since
+    FROM unnest($2::integer[]) AS u (window_s)
+), bounds AS (
+    SELECT window_s, since,
+           CASE WHEN window_s <= $4
+                THEN to_timestamp((floor(extract(epoch FROM since) / 3600) + 1)::float8 * 3600)
+                ELSE '-infinity'::timestamptz END AS hours_from
+    FROM w
+), slots AS (
+    SELECT b.window_s, s.feature, s.served, s.within_sla, s.fresh, s.fallback, s.stale,
+           s.defaulted, s.missing
+    FROM bounds AS b
+    JOIN freshness_serves AS s
+      ON s.grain_s = $3::integer AND s.slot_start > b.since AND s.slot_start < b.hours_from
+     AND s.slot_start <= $1::timestamptz
+    UNION ALL
+    SELECT b.window_s, s.feature, s.served, s.within_sla, s.fresh, s.fallback, s.stale,
+           s.defaulted, s.missing
+    FROM bounds AS b
+    JOIN freshness_serves AS s
+      ON s.grain_s = 3600 AND s.slot_start > b.since AND s.slot_start >= b.hours_from
+     AND s.slot_start <= $1::timestamptz
+)
+SELECT window_s, feature,
+       sum(served)::bigint AS served, sum(within_sla)::bigint AS within_sla,
+       sum(fresh)::bigint AS fresh, sum(fallback)::bigint AS fallback,
+       sum(stale)::bigint AS stale, sum(defaulted)::bigint AS defaulted,
+       sum(missing)::bigint AS missing
+FROM slots
+WHERE $5::text[] IS NULL OR feature = ANY($5::text[])
+GROUP BY window_s, feature
 """
 _STALENESS_WINDOWS = """
-SELECT w.window_s, h.feature, h.bucket, sum(h.n)::bigint AS n
-FROM unnest($2::integer[]) AS w (window_s)
-JOIN freshness_staleness AS h
-  ON h.grain_s = CASE WHEN w.window_s <= $4 THEN $3::integer ELSE 3600 END
- AND h.slot_start > $1::timestamptz - make_interval(secs => w.window_s)
- AND h.slot_start <= $1::timestamptz
-WHERE $5::text[] IS NULL OR h.feature = ANY($5::text[])
-GROUP BY w.window_s, h.feature, h.bucket
+WITH w AS (
+    SELECT window_s, $1::timestamptz - make_interval(secs => window_s) AS since
+    FROM unnest($2::integer[]) AS u (window_s)
+), bounds AS (
+    SELECT window_s, since,
+           CASE WHEN window_s <= $4
+                THEN to_timestamp((floor(extract(epoch FROM since) / 3600) + 1)::float8 * 3600)
+                ELSE '-infinity'::timestamptz END AS hours_from
+    FROM w
+), slots AS (
+    SELECT b.window_s, h.feature, h.bucket, h.n
+    FROM bounds AS b
+    JOIN freshness_staleness AS h
+      ON h.grain_s = $3::integer AND h.slot_start > b.since AND h.slot_start < b.hours_from
+     AND h.slot_start <= $1::timestamptz
+    UNION ALL
+    SELECT b.window_s, h.feature, h.bucket, h.n
+    FROM bounds AS b
+    JOIN freshness_staleness AS h
+      ON h.grain_s = 3600 AND h.slot_start > b.since AND h.slot_start >= b.hours_from
+     AND h.slot_start <= $1::timestamptz
+)
+SELECT window_s, feature, bucket, sum(n)::bigint AS n
+FROM slots
+WHERE $5::text[] IS NULL OR feature = ANY($5::text[])
+GROUP BY window_s, feature, bucket
 """
 
 
