@@ -117,68 +117,62 @@ _BACKLOG = "SELECT count(*) FROM freshness_queue"
 # the same counts in a 360th of the rows at 10 s: a day reads at most an hour of fine
 # slots and 25 hourly ones per feature. Longer windows are read from the hourly slots.
 # Hours are counted from the epoch, as the rollup counts them, not in the session's
-# time zone.
+# time zone. Each window's slots are read in a lateral subquery, so the plan is a range
+# scan per window and grain whatever the bounds: a generic plan (PostgreSQL's choice
+# after five executions of a prepared statement) scanned every fine slot otherwise.
 _SERVE_WINDOWS = """
-WITH w AS (
-    SELECT window_s, $1::timestamptz - make_interval(secs => window_s) AS since
-    FROM unnest($2::integer[]) AS u (window_s)
-), bounds AS (
+WITH bounds AS (
     SELECT window_s, since,
            CASE WHEN window_s <= $4
                 THEN to_timestamp((floor(extract(epoch FROM since) / 3600) + 1)::float8 * 3600)
                 ELSE '-infinity'::timestamptz END AS hours_from
-    FROM w
-), slots AS (
-    SELECT b.window_s, s.feature, s.served, s.within_sla, s.fresh, s.fallback, s.stale,
-           s.defaulted, s.missing
-    FROM bounds AS b
-    JOIN freshness_serves AS s
-      ON s.grain_s = $3::integer AND s.slot_start > b.since AND s.slot_start < b.hours_from
-     AND s.slot_start <= $1::timestamptz
-    UNION ALL
-    SELECT b.window_s, s.feature, s.served, s.within_sla, s.fresh, s.fallback, s.stale,
-           s.defaulted, s.missing
-    FROM bounds AS b
-    JOIN freshness_serves AS s
-      ON s.grain_s = 3600 AND s.slot_start > b.since AND s.slot_start >= b.hours_from
-     AND s.slot_start <= $1::timestamptz
+    FROM (
+        SELECT window_s, $1::timestamptz - make_interval(secs => window_s) AS since
+        FROM unnest($2::integer[]) AS u (window_s)
+    ) AS w
 )
-SELECT window_s, feature,
-       sum(served)::bigint AS served, sum(within_sla)::bigint AS within_sla,
-       sum(fresh)::bigint AS fresh, sum(fallback)::bigint AS fallback,
-       sum(stale)::bigint AS stale, sum(defaulted)::bigint AS defaulted,
-       sum(missing)::bigint AS missing
-FROM slots
-WHERE $5::text[] IS NULL OR feature = ANY($5::text[])
-GROUP BY window_s, feature
+SELECT b.window_s, s.feature,
+       sum(s.served)::bigint AS served, sum(s.within_sla)::bigint AS within_sla,
+       sum(s.fresh)::bigint AS fresh, sum(s.fallback)::bigint AS fallback,
+       sum(s.stale)::bigint AS stale, sum(s.defaulted)::bigint AS defaulted,
+       sum(s.missing)::bigint AS missing
+FROM bounds AS b
+CROSS JOIN LATERAL (
+    SELECT * FROM freshness_serves AS f
+    WHERE f.grain_s = $3::integer AND f.slot_start > b.since AND f.slot_start < b.hours_from
+      AND f.slot_start <= $1::timestamptz
+    UNION ALL
+    SELECT * FROM freshness_serves AS h
+    WHERE h.grain_s = 3600 AND h.slot_start > b.since AND h.slot_start >= b.hours_from
+      AND h.slot_start <= $1::timestamptz
+) AS s
+WHERE $5::text[] IS NULL OR s.feature = ANY($5::text[])
+GROUP BY b.window_s, s.feature
 """
 _STALENESS_WINDOWS = """
-WITH w AS (
-    SELECT window_s, $1::timestamptz - make_interval(secs => window_s) AS since
-    FROM unnest($2::integer[]) AS u (window_s)
-), bounds AS (
+WITH bounds AS (
     SELECT window_s, since,
            CASE WHEN window_s <= $4
                 THEN to_timestamp((floor(extract(epoch FROM since) / 3600) + 1)::float8 * 3600)
                 ELSE '-infinity'::timestamptz END AS hours_from
-    FROM w
-), slots AS (
-    SELECT b.window_s, h.feature, h.bucket, h.n
-    FROM bounds AS b
-    JOIN freshness_staleness AS h
-      ON h.grain_s = $3::integer AND h.slot_start > b.since AND h.slot_start < b.hours_from
-     AND h.slot_start <= $1::timestamptz
-    UNION ALL
-    SELECT b.window_s, h.feature, h.bucket, h.n
-    FROM bounds AS b
-    JOIN freshness_staleness AS h
-      ON h.grain_s = 3600 AND h.slot_start > b.since AND h.slot_start >= b.hours_from
-     AND h.slot_start <= $1::timestamptz
+    FROM (
+        SELECT window_s, $1::timestamptz - make_interval(secs => window_s) AS since
+        FROM unnest($2::integer[]) AS u (window_s)
+    ) AS w
 )
-SELECT window_s, feature, bucket, sum(n)::bigint AS n
-FROM slots
-WHERE $5::text[] IS NULL OR feature = ANY($5::text[])
-GROUP BY window_s, feature, bucket
+SELECT b.window_s, s.feature, s.bucket, sum(s.n)::bigint AS n
+FROM bounds AS b
+CROSS JOIN LATERAL (
+    SELECT * FROM freshness_staleness AS f
+    WHERE f.grain_s = $3::integer AND f.slot_start > b.since AND f.slot_start < b.hours_from
+      AND f.slot_start <= $1::timestamptz
+    UNION ALL
+    SELECT * FROM freshness_staleness AS h
+    WHERE h.grain_s = 3600 AND h.slot_start > b.since AND h.slot_start >= b.hours_from
+      AND h.slot_start <= $1::timestamptz
+) AS s
+WHERE $5::text[] IS NULL OR s.feature = ANY($5::text[])
+GROUP BY b.window_s, s.feature, s.bucket
 """
 
 
