@@ -9,7 +9,8 @@ the rollup's backlog, and the signals ingest workers and gateways keep in Redis
 
 Its cost does not grow with the decisions: the rollup keeps a row per feature and slot
 (and staleness bucket), and a window of a day reads its first partial hour from the
-fine slots and the rest from the hourly ones, some 400 rows per feature at 10 s slots.
+fine slots and the rest from the hourly ones: at 10 s slots, at most 360 fine and 25 hourly
+slots per feature (times its staleness buckets), however many decisions they hold.
 ``loadtests/freshness_report.py`` measures it at a million decisions a day.
 
 A report is kept for ``cache_s`` seconds and callers that ask while one is being made
