@@ -39,4 +39,4 @@ async def test_a_small_run_rolls_up_every_decision_and_agrees_with_the_records()
     assert results["rolled_up"] == 3000
     assert results["timings"]["report"]["median_ms"] > 0
     # The rollup's windows are exact to one 10 s slot at their start.
-    assert results["largest_count_difference"] < 0.2
+    assert results["largest_count_difference"] <= results["decisions_per_slot"] + 1
