@@ -26,9 +26,12 @@ from contracts.audit import AccessLog, DecisionPage, ReplayRequest, ReplayResult
 from contracts.compatibility import Direction, JSONObject, breaking_changes
 from contracts.deadletters import DeadLetter, DeadLetterPage
 from contracts.decisions import DecisionRecord, RollbackRequest, RollbackState
-from contracts.events import OutcomeEvent
+from contracts.events import FreshnessAlertEvent, OutcomeEvent
 from contracts.features import PushRequest, PushResponse
+from contracts.freshness import FreshnessReport
+from contracts.freshness_alerts import FreshnessAlerts
 from contracts.ingest import FeatureUpdate, FeatureUpdateEvent
+from contracts.reconciliation import ReconciliationReport
 from contracts.registry import RegistryFile
 from contracts.scoring import ErrorBody, ScoreRequest, ScoreResponse
 from contracts.version import CONTRACT_VERSION
@@ -71,6 +74,10 @@ PUBLIC_TYPES: dict[str, PublicType] = {
     "replay-request": PublicType(ReplayRequest, _SENT),
     "replay-result": PublicType(ReplayResult, _RECEIVED),
     "verify-report": PublicType(VerifyReport, _RECEIVED),
+    "freshness-report": PublicType(FreshnessReport, _RECEIVED),
+    "freshness-alerts": PublicType(FreshnessAlerts, _RECEIVED),
+    "freshness-alert-event": PublicType(FreshnessAlertEvent, _RECEIVED),
+    "reconciliation-report": PublicType(ReconciliationReport, _RECEIVED),
 }
 
 # Keywords whose values are schemas, or maps or lists of them; all others hold data.
