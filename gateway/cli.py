@@ -165,12 +165,45 @@ async def _demo(args: argparse.Namespace) -> int:
                 headers=stack.headers("operator"),
             ) as response:
                 _show("POST /decisions/{id}/rollback", await response.json())
+            print("\n== GET /freshness (every gateway's serves, from the audit store's rollup)")
+            for line in _freshness_lines(await _rolled_up_report(http, auditor)):
+                print(line)
         if args.stay:
             print("\nThe stack stays up; Ctrl-C stops it.", flush=True)
             await _until_signalled()
     finally:
         await stack.stop()
     return 0
+
+
+async def _rolled_up_report(http: aiohttp.ClientSession, headers: dict[str, str]) -> Any:
+    """``GET /freshness`` once the decisions made so far are rolled up (10 s at most)."""
+    report: Any = {}
+    for _ in range(40):
+        async with http.get("/freshness", headers=headers) as response:
+            report = await response.json()
+        if response.status == 200 and report.get("backlog") == 0:
+            break
+        await asyncio.sleep(0.25)
+    return report
+
+
+def _freshness_lines(report: Any) -> list[str]:
+    """One line per feature of a freshness report: the last 5 minutes and ingest lag."""
+    lines = []
+    for feature in report.get("features", []):
+        window = feature["windows"]["5m"]
+        share = window["within_sla_share"]
+        within = "-" if share is None else f"{share:.0%}"
+        p99 = window["staleness_p99_ms"]
+        lag = feature["ingest"]["lag"].get("5m", {}).get("p99_ms")
+        lines.append(
+            f"{feature['name']:<22} SLA {feature['sla_ms'] / 1000:>6.0f} s"
+            f"  served {window['served']:>3}  within SLA {within:>4}"
+            f"  staleness p99 {'-' if p99 is None else f'{p99 / 1000:.1f} s':>8}"
+            f"  ingest lag p99 {'-' if lag is None else f'{lag:.0f} ms'}"
+        )
+    return lines
 
 
 def _channels(record: Any) -> list[str]:
