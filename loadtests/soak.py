@@ -33,6 +33,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import statistics
 import sys
 import time
@@ -299,4 +300,6 @@ async def main(code: dict[str, Any]) -> int:
 
 
 if __name__ == "__main__":
+    # Stopped with SIGTERM as with Ctrl-C: the run is cancelled and stops its stack.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     sys.exit(uvloop.run(main(code_version())))
