@@ -15,7 +15,7 @@ from litestar.exceptions import PermissionDeniedException
 from litestar.params import QueryParameter
 
 from contracts.decisions import DecisionRecord
-from contracts.reconciliation import ReconciliationReport
+from contracts.reconciliation import Finding, ReconciliationReport, ReconciliationRun
 from gateway.auth import Principal
 from gateway.errors import BadRequest
 from gateway.http.openapi import error_responses
@@ -31,6 +31,7 @@ async def reconciliation(
     request: Request[Principal, Any, Any],
     registry: NamedDependency[Registry],
     reconciliation_runs: NamedDependency[ReconciliationStore],
+    masker: NamedDependency[PiiMasker],
     feature: FeatureFilter = None,
     findings: Annotated[int, QueryParameter(ge=0, le=1000)] = 100,
 ) -> ReconciliationReport:
@@ -38,7 +39,8 @@ async def reconciliation(
 
     ``feature`` narrows the report to one feature; ``findings`` is how many findings
     each run lists at most (the run's counts cover all of them). Keys with the
-    auditor or the operator role may read it.
+    auditor or the operator role may read it; the values of PII features are masked
+    for keys without the pii scope.
     """
     if not (request.user.has("auditor") or request.user.has("operator")):
         raise PermissionDeniedException("this needs the auditor or the operator role")
@@ -50,9 +52,36 @@ async def reconciliation(
         for name in names
         if registry.features[name].reconcile and registry.features[name].source is not None
     ]
-    runs = await reconciliation_runs.latest(checked, findings)
+    runs = await latest_runs(reconciliation_runs, checked, findings, masker, request.user.sees_pii)
     return ReconciliationReport(
         runs=runs, unreconciled=[name for name in names if name not in checked]
+    )
+
+
+async def latest_runs(
+    runs: ReconciliationStore,
+    features: list[str],
+    findings: int,
+    masker: PiiMasker,
+    sees_pii: bool,
+) -> list[ReconciliationRun]:
+    """The latest run of each feature, its findings' PII values masked unless ``sees_pii``."""
+    latest = await runs.latest(features, findings)
+    if sees_pii:
+        return latest
+    return [
+        msgspec.structs.replace(run, findings=[_masked(masker, f) for f in run.findings])
+        if run.feature in masker.pii
+        else run
+        for run in latest
+    ]
+
+
+def _masked(masker: PiiMasker, finding: Finding) -> Finding:
+    return msgspec.structs.replace(
+        finding,
+        stored_value=masker.mask(finding.stored_value),
+        source_value=masker.mask(finding.source_value),
     )
 
 

@@ -30,16 +30,26 @@ from gateway.freshness.report import FreshnessReporter
 from gateway.http.decisions import read_decision
 from gateway.http.errors import as_answered, store_error, with_retry_after
 from gateway.http.freshness_alerts import current_alerts
+from gateway.http.reconciliation import latest_runs
 from gateway.masking import PiiMasker
 from gateway.registry import Registry
 from gateway.ui.views import feature_rows, timeline_rows
-from writeback import AuditStore, AuditUnavailable, BadCursor, DecisionReads, FreshnessAlertStore
+from writeback import (
+    AuditStore,
+    AuditUnavailable,
+    BadCursor,
+    DecisionReads,
+    FreshnessAlertStore,
+    ReconciliationStore,
+)
 
 log = logging.getLogger(__name__)
 
 _PUBLIC = {"exclude_from_auth": True}
 _HOME = "/ui/decisions"
 _FRESHNESS = "/ui/freshness"
+# Findings of a feature's latest reconciliation run the freshness page lists.
+_PAGE_FINDINGS = 10
 # Where a login may send the browser afterwards: a page of ours, nothing else.
 _NEXT = re.compile(r"/ui/[A-Za-z0-9/_.~%?&=+:-]*")
 
@@ -263,6 +273,8 @@ async def freshness_page(
     freshness: NamedDependency[FreshnessReporter],
     registry: NamedDependency[Registry],
     alert_states: NamedDependency[FreshnessAlertStore],
+    reconciliation_runs: NamedDependency[ReconciliationStore],
+    masker: NamedDependency[PiiMasker],
     feature: Filter = None,
 ) -> Template:
     """Every feature's SLA against how it was served, and what fed it (auditors, operators)."""
@@ -279,6 +291,8 @@ async def freshness_page(
     alerts: dict[str, list[AlertStatus]] = {}
     for status in (await current_alerts(alert_states, registry, changes=0)).alerts:
         alerts.setdefault(status.feature, []).append(status)
+    names = [wanted] if wanted is not None else list(registry.features)
+    runs = await latest_runs(reconciliation_runs, names, _PAGE_FINDINGS, masker, principal.sees_pii)
     return Template(
         "freshness.html",
         context={
@@ -287,6 +301,7 @@ async def freshness_page(
             "feature": wanted,
             "features": list(registry.features),
             "alerts": alerts,
+            "reconciliation": {run.feature: run for run in runs},
         },
     )
 

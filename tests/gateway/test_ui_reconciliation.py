@@ -7,6 +7,7 @@ import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -195,3 +196,64 @@ async def test_an_auditor_sees_the_disagreement_in_headless_chromium(
             await expect(header).to_contain_text("Reconciliation")
         finally:
             await context.close()
+
+
+async def test_reconciliation_report_masks_pii_values_without_the_scope(
+    client: Client, reconciler: Reconciler
+) -> None:
+    customer, _ = await decided_and_reconciled(client, reconciler)
+    truth = profile_record(customer, datetime.now(UTC)).account_age_days
+
+    def age_finding(who: str) -> dict[str, Any]:
+        return next(
+            finding
+            for run in reports[who]["runs"]
+            if run["feature"] == "account_age_days"
+            for finding in run["findings"]
+            if finding["entity_id"] == customer
+        )
+
+    reports = {
+        who: (
+            await client.get(
+                "/reconciliation", params={"feature": "account_age_days"}, headers=bearer(who)
+            )
+        ).json()
+        for who in ("auditor", "auditor_pii", "operator")
+    }
+
+    plain = age_finding("auditor_pii")
+    assert plain["source_value"] == truth
+    assert plain["stored_value"] == CUSTOMER_FEATURES["account_age_days"]
+    for who in ("auditor", "operator"):
+        masked = age_finding(who)
+        for field in ("stored_value", "source_value"):
+            value = masked[field]
+            assert isinstance(value, str) and value.startswith("***"), (who, field, value)
+    # Features that are not PII read the same for every reader.
+    txn = await client.get("/reconciliation", params={"feature": "txn_count_30m"})
+    assert txn.json()["runs"][0]["findings"][0]["source_value"] == (
+        txn_stats_record(customer, datetime.now(UTC)).txn_count_30m
+    )
+
+
+async def test_the_freshness_page_shows_each_features_latest_reconciliation(
+    client: Client, reconciler: Reconciler
+) -> None:
+    customer, _ = await decided_and_reconciled(client, reconciler)
+    truth = profile_record(customer, datetime.now(UTC)).account_age_days
+    async with httpx.AsyncClient(base_url=client.base_url, timeout=10) as http:
+        login = await http.post("/ui/login", data={"key": KEYS["operator"]})
+        assert login.status_code == 303
+        page = await http.get("/ui/freshness", params={"feature": "txn_count_30m"})
+        age = await http.get("/ui/freshness", params={"feature": "account_age_days"})
+    assert page.status_code == 200, page.text[:2000]
+    block = page.text[page.text.index("Reconciliation against the source") :]
+    assert "1 of 1 sampled" in block and "1 mismatch" in block and "0 match" in block
+    row = re.search(r'<tr class="finding-mismatch">(.*?)</tr>', block, re.S)
+    assert row and f"<code>{customer}</code>" in row.group(1)
+    # An operator without the pii scope sees a PII feature's values masked.
+    age_block = age.text[age.text.index("Reconciliation against the source") :]
+    age_row = re.search(r'<tr class="finding-mismatch">(.*?)</tr>', age_block, re.S)
+    assert age_row and "***" in age_row.group(1)
+    assert f">{truth}<" not in age_row.group(1)
