@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 
 from gateway.app import create_app
 from gateway.features.assembler import path_value
+from gateway.freshness.signals import keys_prefix
 from gateway.registry import RegistryError, parse_registry
 from gateway.settings import GatewaySettings
 from tests.support.gateway import serve
@@ -62,7 +63,11 @@ async def targets(servers: SampleServers) -> dict[str, int]:
 
 
 async def stored_keys(redis_client: aioredis.Redis, prefix: str) -> list[bytes]:
-    return [key async for key in redis_client.scan_iter(match=f"{prefix}:*")]
+    """The online store's entity keys (not the gateway's own freshness signals)."""
+    own = f"{keys_prefix(prefix)}:".encode()
+    return [
+        key async for key in redis_client.scan_iter(match=f"{prefix}:*") if not key.startswith(own)
+    ]
 
 
 @pytest.mark.services
