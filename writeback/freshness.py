@@ -124,7 +124,11 @@ _BACKLOG = "SELECT count(*) FROM freshness_queue"
 # time zone. Each window's slots are read in a lateral subquery, so the plan is a range
 # scan per window and grain whatever the bounds: a generic plan (PostgreSQL's choice
 # after five executions of a prepared statement) scanned every fine slot otherwise.
-_SERVE_WINDOWS = """
+
+
+def _windowed(table: str, sums: str, keys: str) -> str:
+    """The statement that sums ``table``'s slots per window (see above) by ``keys``."""
+    return f"""
 WITH bounds AS (
     SELECT window_s, since,
            CASE WHEN window_s <= $4
@@ -135,49 +139,33 @@ WITH bounds AS (
         FROM unnest($2::integer[]) AS u (window_s)
     ) AS w
 )
-SELECT b.window_s, s.feature,
-       sum(s.served)::bigint AS served, sum(s.within_sla)::bigint AS within_sla,
-       sum(s.fresh)::bigint AS fresh, sum(s.fallback)::bigint AS fallback,
-       sum(s.stale)::bigint AS stale, sum(s.defaulted)::bigint AS defaulted,
-       sum(s.missing)::bigint AS missing
+SELECT b.window_s, {keys}, {sums}
 FROM bounds AS b
 CROSS JOIN LATERAL (
-    SELECT * FROM freshness_serves AS f
+    SELECT * FROM {table} AS f
     WHERE f.grain_s = $3::integer AND f.slot_start > b.since AND f.slot_start < b.hours_from
       AND f.slot_start <= $1::timestamptz
     UNION ALL
-    SELECT * FROM freshness_serves AS h
+    SELECT * FROM {table} AS h
     WHERE h.grain_s = 3600 AND h.slot_start > b.since AND h.slot_start >= b.hours_from
       AND h.slot_start <= $1::timestamptz
 ) AS s
 WHERE $5::text[] IS NULL OR s.feature = ANY($5::text[])
-GROUP BY b.window_s, s.feature
-"""
-_STALENESS_WINDOWS = """
-WITH bounds AS (
-    SELECT window_s, since,
-           CASE WHEN window_s <= $4
-                THEN to_timestamp((floor(extract(epoch FROM since) / 3600) + 1)::float8 * 3600)
-                ELSE '-infinity'::timestamptz END AS hours_from
-    FROM (
-        SELECT window_s, $1::timestamptz - make_interval(secs => window_s) AS since
-        FROM unnest($2::integer[]) AS u (window_s)
-    ) AS w
+GROUP BY b.window_s, {keys}
+"""  # noqa: S608 - constant table and column names
+
+
+_SERVE_WINDOWS = _windowed(
+    "freshness_serves",
+    ", ".join(
+        f"sum(s.{column})::bigint AS {column}"
+        for column in ("served", "within_sla", "fresh", "fallback", "stale", "defaulted", "missing")
+    ),
+    "s.feature",
 )
-SELECT b.window_s, s.feature, s.bucket, sum(s.n)::bigint AS n
-FROM bounds AS b
-CROSS JOIN LATERAL (
-    SELECT * FROM freshness_staleness AS f
-    WHERE f.grain_s = $3::integer AND f.slot_start > b.since AND f.slot_start < b.hours_from
-      AND f.slot_start <= $1::timestamptz
-    UNION ALL
-    SELECT * FROM freshness_staleness AS h
-    WHERE h.grain_s = 3600 AND h.slot_start > b.since AND h.slot_start >= b.hours_from
-      AND h.slot_start <= $1::timestamptz
-) AS s
-WHERE $5::text[] IS NULL OR s.feature = ANY($5::text[])
-GROUP BY b.window_s, s.feature, s.bucket
-"""
+_STALENESS_WINDOWS = _windowed(
+    "freshness_staleness", "sum(s.n)::bigint AS n", "s.feature, s.bucket"
+)
 
 
 class ServeCounts(msgspec.Struct, frozen=True, kw_only=True):
